@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+from wakemodel.losses import keypoint_loss, match_arm_order, permute_slots
+
+ARM_A = (0.2, 0.8)
+ARM_B = (0.8, 0.8)
+VERTEX = (0.5, 0.2)
+
+
+def _keypoints(*points: tuple[float, float]) -> torch.Tensor:
+    return torch.tensor([points], dtype=torch.float32)
+
+
+def _logits(visible: list[bool]) -> torch.Tensor:
+    return torch.tensor([[4.0 if v else -4.0 for v in visible]])
+
+
+def test_swapped_arms_give_identical_loss() -> None:
+    pred = _keypoints(VERTEX, (0.25, 0.75), (0.7, 0.85))
+    logits = torch.tensor([[1.0, 0.5, -0.3]])
+    visible = torch.tensor([[True, True, True]])
+    target = _keypoints(VERTEX, ARM_A, ARM_B)
+    swapped = _keypoints(VERTEX, ARM_B, ARM_A)
+    loss = keypoint_loss(pred, logits, target, visible)
+    assert loss > 0
+    assert torch.equal(loss, keypoint_loss(pred, logits, swapped, visible))
+
+
+def test_swapped_arms_with_one_visible_end_give_identical_loss() -> None:
+    pred = _keypoints(VERTEX, (0.25, 0.75), (0.7, 0.85))
+    logits = torch.tensor([[2.0, 1.0, -1.0]])
+    target = _keypoints(VERTEX, ARM_A, (0.0, 0.0))
+    swapped = _keypoints(VERTEX, (0.0, 0.0), ARM_A)
+    loss = keypoint_loss(pred, logits, target, torch.tensor([[True, True, False]]))
+    loss_swapped = keypoint_loss(pred, logits, swapped, torch.tensor([[True, False, True]]))
+    assert torch.allclose(loss, loss_swapped)
+
+
+def test_correct_order_beats_midpoint() -> None:
+    visible = torch.tensor([[True, True, True]])
+    target = _keypoints(VERTEX, ARM_A, ARM_B)
+    logits = _logits([True, True, True])
+    midpoint = (0.5, 0.8)
+    loss_order = keypoint_loss(_keypoints(VERTEX, ARM_A, ARM_B), logits, target, visible)
+    loss_swapped = keypoint_loss(_keypoints(VERTEX, ARM_B, ARM_A), logits, target, visible)
+    loss_midpoint = keypoint_loss(_keypoints(VERTEX, midpoint, midpoint), logits, target, visible)
+    assert torch.allclose(loss_order, loss_swapped)
+    assert loss_midpoint > loss_order + 0.1
+
+
+@pytest.mark.parametrize("garbage", [0.0, 123.0, math.nan, math.inf])
+def test_invisible_slot_has_no_effect_and_finite_grads(garbage: float) -> None:
+    visible = torch.tensor([[True, True, False]])
+    clean = _keypoints(VERTEX, ARM_A, (0.0, 0.0))
+    dirty = _keypoints(VERTEX, ARM_A, (garbage, garbage))
+    pred = _keypoints((0.4, 0.3), (0.3, 0.7), (0.9, 0.1)).requires_grad_()
+    logits = torch.tensor([[0.5, 0.5, 0.5]], requires_grad=True)
+    loss = keypoint_loss(pred, logits, dirty, visible)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.allclose(loss, keypoint_loss(pred, logits, clean, visible))
+    assert torch.isfinite(pred.grad).all()
+    assert torch.isfinite(logits.grad).all()
+    # The unmatched predicted arm gets no coordinate gradient.
+    assert torch.equal(pred.grad[0, 2], torch.zeros(2))
+
+
+def test_loss_is_zero_like_for_perfect_prediction_and_grows_with_error() -> None:
+    visible = torch.tensor([[True, True, True], [True, True, False]])
+    target = torch.tensor([[VERTEX, ARM_A, ARM_B], [VERTEX, ARM_B, (0.0, 0.0)]])
+    logits = torch.tensor([[20.0, 20.0, 20.0], [20.0, 20.0, -20.0]])
+    perfect = keypoint_loss(target.clone(), logits, target, visible)
+    worse = keypoint_loss(target + 0.1, logits, target, visible)
+    assert perfect < 1e-6
+    assert worse > 0.05
+    assert perfect.shape == ()
+
+
+def test_visibility_term_uses_matched_order() -> None:
+    target = _keypoints(VERTEX, ARM_A, (0.0, 0.0))
+    visible = torch.tensor([[True, True, False]])
+    pred = _keypoints(VERTEX, (0.0, 0.0), ARM_A)  # prediction has the arm in slot 2
+    right = keypoint_loss(pred, _logits([True, False, True]), target, visible)
+    wrong = keypoint_loss(pred, _logits([True, True, False]), target, visible)
+    assert right < wrong
+
+
+def test_match_arm_order_and_permute_slots() -> None:
+    target = torch.tensor([[VERTEX, ARM_A, ARM_B], [VERTEX, ARM_A, ARM_B]])
+    pred = torch.tensor([[VERTEX, ARM_A, ARM_B], [VERTEX, ARM_B, ARM_A]])
+    visible = torch.ones(2, 3, dtype=torch.bool)
+    order = match_arm_order(pred, target, visible)
+    assert order.tolist() == [[0, 1, 2], [0, 2, 1]]
+    assert torch.equal(permute_slots(target, order), pred)
+    vis = torch.tensor([[True, True, False], [True, True, False]])
+    assert permute_slots(vis, order).tolist() == [[True, True, False], [True, False, True]]

@@ -1,0 +1,278 @@
+import itertools
+import logging
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
+
+from wakemodel.errors import InputError, WakeModelError
+from wakemodel.losses import keypoint_loss
+from wakemodel.model import (
+    GREY_MEAN,
+    GREY_STD,
+    EfficientNetB0KeypointDetector,
+    KeypointOutput,
+    WakeKeypointModule,
+    warmup_cosine_factor,
+)
+
+IMAGE_SIZE = 32
+
+
+class _RandomWakes(Dataset):
+    def __init__(self, count: int = 4) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.rand(count, 1, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+        self.keypoints = torch.rand(count, 3, 2, generator=generator)
+        self.visible = torch.tensor([[True, True, True], [True, True, False]] * (count // 2))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {
+            "image": self.images[index],
+            "keypoints": self.keypoints[index],
+            "visible": self.visible[index],
+            "orig_size": torch.tensor([120.0, 80.0]),
+            "index": torch.tensor(index),
+        }
+
+
+@pytest.fixture(scope="module")
+def rgb_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(0)
+    rgb = efficientnet_b0(weights=None).eval()
+    with torch.no_grad():  # non-trivial BN statistics so the comparison checks them too
+        bn = rgb.features[0][1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("weights") / "efficientnet_b0.pth"
+    torch.save(rgb.state_dict(), path)
+    return path, rgb
+
+
+def test_forward_shapes_and_ranges() -> None:
+    detector = EfficientNetB0KeypointDetector().eval()
+    output = detector(torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE))
+    assert isinstance(output, KeypointOutput)
+    assert output.keypoints.shape == (2, 3, 2)
+    assert output.visibility_logits.shape == (2, 3)
+    assert ((output.keypoints >= 0) & (output.keypoints <= 1)).all()
+
+
+def test_channels_last_gives_same_output() -> None:
+    detector = EfficientNetB0KeypointDetector().eval()
+    images = torch.rand(2, 1, 48, 48)
+    expected = detector(images)
+    detector = detector.to(memory_format=torch.channels_last)
+    output = detector(images.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(output.keypoints, expected.keypoints, atol=1e-5)
+    assert torch.allclose(output.visibility_logits, expected.visibility_logits, atol=1e-4)
+
+
+def test_normalisation_buffers_are_in_state_dict() -> None:
+    state = EfficientNetB0KeypointDetector().state_dict()
+    assert state["mean"].item() == pytest.approx(GREY_MEAN)
+    assert state["std"].item() == pytest.approx(GREY_STD)
+
+
+def test_stem_adapted_by_summing_rgb_kernels(rgb_weights) -> None:
+    path, rgb = rgb_weights
+    detector = EfficientNetB0KeypointDetector(weights_path=str(path)).eval()
+    for image in (torch.full((1, 1, 40, 40), 0.7), torch.rand(1, 1, 40, 40)):
+        # Raw conv level: the grey kernel on x equals the RGB kernels on x repeated.
+        grey_conv = detector.features[0][0](image)
+        rgb_conv = rgb.features[0][0](image.repeat(1, 3, 1, 1))
+        assert torch.allclose(grey_conv, rgb_conv, atol=1e-5)
+        # Whole stem (conv + BN + SiLU) on the same normalised input.
+        normalised = (image - GREY_MEAN) / GREY_STD
+        with torch.no_grad():
+            grey_stem = detector.features[0](normalised)
+            rgb_stem = rgb.features[0](normalised.repeat(1, 3, 1, 1))
+        assert torch.allclose(grey_stem, rgb_stem, atol=1e-5)
+    deep = "features.7.0.block.3.0.weight"
+    assert torch.equal(detector.state_dict()[deep], rgb.state_dict()[deep])
+
+
+def test_missing_weights_path_raises(tmp_path: Path) -> None:
+    with pytest.raises(WakeModelError, match="not found"):
+        EfficientNetB0KeypointDetector(weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_wrong_weights_file_raises(tmp_path: Path) -> None:
+    path = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, path)
+    with pytest.raises(WakeModelError, match="efficientnet_b0"):
+        EfficientNetB0KeypointDetector(weights_path=str(path))
+
+
+def test_unsupported_num_keypoints_raises() -> None:
+    with pytest.raises(InputError, match="num_keypoints"):
+        EfficientNetB0KeypointDetector(num_keypoints=4)
+
+
+def test_offline_pretrained_warns_once_and_uses_random_weights(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = []
+
+    def offline(self, *args, **kwargs):
+        calls.append(kwargs)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(EfficientNet_B0_Weights, "get_state_dict", offline)
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="wakemodel.model"):
+        detector = EfficientNetB0KeypointDetector(pretrained=True)
+    assert time.monotonic() - start < 10
+    assert len(calls) == 1
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "random weights" in message and "--weights PATH" in message
+    assert "\n" not in message
+    assert detector(torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)).keypoints.shape == (2, 3, 2)
+
+
+def test_warmup_cosine_factor() -> None:
+    factors = [
+        warmup_cosine_factor(step, warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
+        for step in range(21)
+    ]
+    assert factors[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert factors[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
+    assert factors[20] == pytest.approx(0.1)
+
+
+def test_predict_step_output() -> None:
+    module = WakeKeypointModule(image_size=IMAGE_SIZE, pretrained=False).eval()
+    batch = next(iter(DataLoader(_RandomWakes(), batch_size=4)))
+    with torch.no_grad():
+        prediction = module.predict_step(batch, 0)
+    assert prediction["keypoints"].shape == (4, 3, 2)
+    assert ((prediction["visibility"] >= 0) & (prediction["visibility"] <= 1)).all()
+    assert torch.equal(prediction["index"], torch.arange(4))
+    assert prediction["orig_size"].shape == (4, 2)
+
+
+def test_tiny_fit_logs_metrics(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    module = WakeKeypointModule(
+        image_size=IMAGE_SIZE, pretrained=False, warmup_epochs=0.5, max_epochs=1
+    )
+    loader = DataLoader(_RandomWakes(), batch_size=4)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    metrics = trainer.callback_metrics
+    expected = {
+        "train/loss",
+        "val/loss",
+        "val/vertex_error_px",
+        "val/vertex_error_m",
+        "val/vertex_error_frac",
+        "val/heading_error_deg",
+        "val/pck@0.05",
+    }
+    assert expected <= set(metrics)
+    assert all(torch.isfinite(metrics[name]) for name in expected)
+    assert metrics["val/vertex_error_m"] == pytest.approx(10 * metrics["val/vertex_error_px"])
+    assert 0 <= metrics["val/pck@0.05"] <= 1
+    assert next(module.detector.parameters()).is_contiguous(memory_format=torch.channels_last)
+    test_metrics = trainer.test(module, dataloaders=loader, verbose=False)[0]
+    assert {"test/loss", "test/vertex_error_px", "test/pck@0.05"} <= set(test_metrics)
+
+
+def test_fast_dev_run_and_checkpoint_round_trip(tmp_path: Path, rgb_weights) -> None:
+    weights_path, _ = rgb_weights
+    module = WakeKeypointModule(
+        image_size=IMAGE_SIZE, pretrained=True, weights_path=str(weights_path)
+    )
+    trainer = pl.Trainer(
+        fast_dev_run=True,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    loader = DataLoader(_RandomWakes(), batch_size=2)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    hyper_parameters = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert hyper_parameters["pretrained"] is False
+    assert hyper_parameters["weights_path"] is None
+    assert hyper_parameters["image_size"] == IMAGE_SIZE
+    restored = WakeKeypointModule.load_from_checkpoint(path).eval()
+    module.eval()
+    images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        assert torch.allclose(restored(images).keypoints, module(images).keypoints)
+
+
+def test_loss_gradients_reach_the_stem() -> None:
+    module = WakeKeypointModule(image_size=IMAGE_SIZE, pretrained=False)
+    batch = next(iter(DataLoader(_RandomWakes(), batch_size=4)))
+    output = module(batch["image"])
+    keypoint_loss(
+        output.keypoints, output.visibility_logits, batch["keypoints"], batch["visible"]
+    ).backward()
+    stem_grad = module.detector.features[0][0].weight.grad
+    assert stem_grad is not None and torch.isfinite(stem_grad).all()
+    assert stem_grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_torch(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    detector = EfficientNetB0KeypointDetector()
+    with torch.no_grad():  # calibrate BN statistics and spread the outputs away from 0.5
+        for module in detector.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None
+        detector(torch.rand(8, 1, IMAGE_SIZE, IMAGE_SIZE))
+        detector.eval()
+        detector.head.weight.normal_()
+        scale = detector(torch.rand(8, 1, IMAGE_SIZE, IMAGE_SIZE)).visibility_logits.abs().max()
+        detector.head.weight.div_(scale / 2)
+    path = tmp_path / "detector.onnx"
+    torch.onnx.export(
+        detector,
+        (torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE),),
+        str(path),
+        input_names=["images"],
+        output_names=["keypoints", "visibility_logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+    images = torch.rand(3, 1, IMAGE_SIZE, IMAGE_SIZE)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    keypoints, logits = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        expected = detector(images)
+    assert keypoints.shape == (3, 3, 2)
+    assert expected.keypoints.std() > 0.01
+    torch.testing.assert_close(torch.from_numpy(keypoints), expected.keypoints, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        torch.from_numpy(logits), expected.visibility_logits, atol=1e-3, rtol=1e-3
+    )

@@ -1,0 +1,309 @@
+"""Evaluation of a model on a dataset in the ShipWakes layout.
+
+Predictions go through :func:`wakemodel.infer.predict` and errors through
+:func:`wakemodel.metrics.keypoint_errors`, so evaluation measures exactly what
+users get from ``infer``. The summary reports each error's median, mean and
+90th percentile, and the share of chips within the thresholds published for the
+ShipWakes keypoint model (Del Prete, Graziano & Renga, "Keypoints Method for
+Recognition of Ship Wake Components in Sentinel-2 Images by Deep Learning",
+IEEE GRSL 20, 2023): vertex error under 10 % of the wake length and heading
+error under 10 degrees.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wakemodel.infer import KeypointPredictor, Prediction, predict
+
+PUBLISHED_VERTEX_ERROR_FRAC = 0.10
+"""Published bound on the vertex error as a fraction of the wake length."""
+
+PUBLISHED_HEADING_ERROR_DEG = 10.0
+"""Published bound on the heading error (degrees)."""
+
+METRIC_NAMES = (
+    "vertex_error_px",
+    "vertex_error_m",
+    "vertex_error_frac",
+    "heading_error_deg",
+    "pck",
+)
+"""Per-sample errors from :func:`wakemodel.metrics.keypoint_errors`, in table order."""
+
+METRIC_LABELS = {
+    "vertex_error_px": "vertex error (px)",
+    "vertex_error_m": "vertex error (m)",
+    "vertex_error_frac": "vertex error / wake length",
+    "heading_error_deg": "heading error (deg)",
+    "pck": "PCK@5%",
+}
+"""Human-readable names of the metrics, for tables and plots."""
+
+
+@dataclass
+class EvaluationReport:
+    """Errors of a model on one dataset.
+
+    Attributes:
+        data_dir: Dataset root (``imgs/`` + ``annotations/``).
+        names: Image file names, one per sample ``[N]``.
+        errors: Metric name -> per-sample values float ``[N]`` (see ``METRIC_NAMES``;
+            pixels, metres, fraction of wake length, degrees, fraction of keypoints).
+        summary: Aggregate figures: ``count``, per metric ``{median, mean, p90}``
+            and the shares within the published thresholds.
+        predictions: The model's predictions ``[N]``.
+        target_keypoints_px: Ground-truth keypoints float ``[N, 3, 2]`` (pixels).
+        target_visible: Ground-truth visibility bool ``[N, 3]``.
+        gsd_m: Ground sampling distance used (metres per pixel).
+    """
+
+    data_dir: Path
+    names: list[str]
+    errors: dict[str, np.ndarray]
+    summary: dict[str, Any]
+    predictions: list[Prediction] = field(repr=False)
+    target_keypoints_px: np.ndarray = field(repr=False)
+    target_visible: np.ndarray = field(repr=False)
+    gsd_m: float = 10.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: summary, published thresholds and per-sample errors."""
+        return {
+            "data_dir": str(self.data_dir),
+            "gsd_m": self.gsd_m,
+            "summary": _json_ready(self.summary),
+            "published": {
+                "vertex_error_frac_below": PUBLISHED_VERTEX_ERROR_FRAC,
+                "heading_error_deg_below": PUBLISHED_HEADING_ERROR_DEG,
+            },
+            "samples": [
+                {"name": name, **{key: _json_number(self.errors[key][i]) for key in METRIC_NAMES}}
+                for i, name in enumerate(self.names)
+            ],
+        }
+
+    def format_table(self) -> str:
+        """The summary as a plain-text table beside the published figures."""
+        header = f"{'metric':<28}{'median':>10}{'mean':>10}{'p90':>10}   published"
+        lines = [f"{self.summary['count']} chips in {self.data_dir}", header, "-" * len(header)]
+        published = {
+            "vertex_error_frac": f"< {PUBLISHED_VERTEX_ERROR_FRAC:.0%}",
+            "heading_error_deg": f"< {PUBLISHED_HEADING_ERROR_DEG:g}",
+        }
+        for key in METRIC_NAMES:
+            stats = self.summary["metrics"][key]
+            as_percent = key in ("vertex_error_frac", "pck")
+            cells = "".join(
+                f"{_format_number(stats[stat], as_percent):>10}"
+                for stat in ("median", "mean", "p90")
+            )
+            lines.append(f"{METRIC_LABELS[key]:<28}{cells}   {published.get(key, '')}".rstrip())
+        lines.append(
+            f"{'share vertex < 10% length':<28}"
+            f"{_format_number(self.summary['share_vertex_within_threshold'], True):>10}"
+        )
+        lines.append(
+            f"{'share heading < 10 deg':<28}"
+            f"{_format_number(self.summary['share_heading_within_threshold'], True):>10}"
+        )
+        return "\n".join(lines)
+
+    def plot_predictions(self, path: str | os.PathLike[str], count: int = 12) -> Path:
+        """Save a grid of the first ``count`` chips with ground truth and predictions.
+
+        Args:
+            path: Output image file.
+            count: Number of chips shown.
+
+        Returns:
+            The written path.
+        """
+        from wakemodel.data import read_image
+        from wakemodel.plots import plot_prediction_grid
+
+        shown = min(count, len(self.predictions))
+        images = [read_image(Path(p.source)) for p in self.predictions[:shown]]
+        return plot_prediction_grid(
+            images,
+            self.predictions[:shown],
+            self.target_keypoints_px[:shown],
+            self.target_visible[:shown],
+            path,
+        )
+
+    def plot_errors(self, path: str | os.PathLike[str]) -> Path:
+        """Save the vertex and heading error distributions with the published bounds marked.
+
+        Args:
+            path: Output image file.
+
+        Returns:
+            The written path.
+        """
+        from wakemodel.plots import plot_error_distributions
+
+        return plot_error_distributions(
+            self.errors["vertex_error_frac"],
+            self.errors["heading_error_deg"],
+            path,
+            vertex_threshold_frac=PUBLISHED_VERTEX_ERROR_FRAC,
+            heading_threshold_deg=PUBLISHED_HEADING_ERROR_DEG,
+        )
+
+
+def _format_number(value: float, as_percent: bool) -> str:
+    """Format a table cell; NaN shows as ``n/a``."""
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.1%}" if as_percent else f"{value:.2f}"
+
+
+def _json_number(value: float) -> float | None:
+    """A plain float for JSON; NaN becomes None."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _json_ready(value: Any) -> Any:
+    """Recursively replace NaN floats by None."""
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, float):
+        return _json_number(value)
+    return value
+
+
+def summarize(errors: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Aggregate per-sample errors.
+
+    Args:
+        errors: Metric name -> float ``[N]`` (NaN where undefined, ignored).
+
+    Returns:
+        ``{"count": N, "metrics": {name: {"median", "mean", "p90"}},
+        "share_vertex_within_threshold": fraction of chips with vertex error
+        under 10 % of the wake length, "share_heading_within_threshold":
+        fraction with heading error under 10 degrees}``; undefined errors count
+        as outside the thresholds.
+    """
+    count = len(next(iter(errors.values()))) if errors else 0
+    stats: dict[str, dict[str, float]] = {}
+    for key in METRIC_NAMES:
+        values = np.asarray(errors[key], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        stats[key] = (
+            {
+                "median": float(np.median(finite)),
+                "mean": float(np.mean(finite)),
+                "p90": float(np.percentile(finite, 90)),
+            }
+            if finite.size
+            else {"median": math.nan, "mean": math.nan, "p90": math.nan}
+        )
+    vertex_frac = np.nan_to_num(errors["vertex_error_frac"], nan=np.inf)
+    heading = np.nan_to_num(errors["heading_error_deg"], nan=np.inf)
+    return {
+        "count": count,
+        "metrics": stats,
+        "share_vertex_within_threshold": float(np.mean(vertex_frac < PUBLISHED_VERTEX_ERROR_FRAC))
+        if count
+        else math.nan,
+        "share_heading_within_threshold": float(np.mean(heading < PUBLISHED_HEADING_ERROR_DEG))
+        if count
+        else math.nan,
+    }
+
+
+def evaluate(
+    model: KeypointPredictor | torch.nn.Module | str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    *,
+    batch_size: int = 16,
+    tta: bool = False,
+    gsd_m: float = 10.0,
+    accelerator: str = "auto",
+    limit: int | None = None,
+) -> EvaluationReport:
+    """Predict every chip of a dataset and measure the errors.
+
+    Args:
+        model: A checkpoint path, a loaded ``WakeKeypointModule`` or any
+            :class:`~wakemodel.infer.KeypointPredictor`.
+        data_dir: Dataset root in the ShipWakes layout (``imgs/``, ``annotations/``).
+        batch_size: Chips per network call.
+        tta: Average predictions over the 8 dihedral transforms.
+        gsd_m: Ground sampling distance (metres per pixel).
+        accelerator: Device choice when ``model`` is a path.
+        limit: Evaluate only the first ``limit`` chips (in dataset order); None: all.
+
+    Returns:
+        The per-sample errors and their summary.
+
+    Raises:
+        WakeModelError: The dataset is empty or unreadable, or the model cannot be loaded.
+    """
+    from wakemodel import metrics
+    from wakemodel.data import scan_dataset
+
+    root = Path(data_dir)
+    records = scan_dataset(root)[:limit]
+    predictions = predict(
+        model,
+        [record.image_path for record in records],
+        batch_size=batch_size,
+        tta=tta,
+        gsd_m=gsd_m,
+        accelerator=accelerator,
+    )
+    orig_size = torch.tensor([[r.width, r.height] for r in records], dtype=torch.float32)
+    target_px = np.stack([r.keypoints_px for r in records]).astype(np.float32)
+    target_visible = np.stack([r.visible for r in records]).astype(bool)
+    pred_px = np.stack([p.keypoints_px for p in predictions]).astype(np.float32)
+    scale = orig_size[:, None, :]
+    per_sample = metrics.keypoint_errors(
+        torch.from_numpy(pred_px) / scale,
+        torch.from_numpy(np.stack([p.visible for p in predictions])),
+        torch.from_numpy(target_px) / scale,
+        torch.from_numpy(target_visible),
+        orig_size,
+        gsd_m=gsd_m,
+    )
+    errors = {key: per_sample[key].detach().double().cpu().numpy() for key in METRIC_NAMES}
+    return EvaluationReport(
+        data_dir=root,
+        names=[record.image_path.name for record in records],
+        errors=errors,
+        summary=summarize(errors),
+        predictions=predictions,
+        target_keypoints_px=target_px,
+        target_visible=target_visible,
+        gsd_m=gsd_m,
+    )
+
+
+def find_training_log(checkpoint: str | os.PathLike[str]) -> Path | None:
+    """Find the ``metrics.csv`` of the run that wrote ``checkpoint``, if it lies beside it.
+
+    Looks in the checkpoint's folder and its parent only (``train`` keeps logs in
+    ``runs/NAME/`` and checkpoints in ``checkpoints/`` by default, so pass the
+    run folder explicitly there).
+
+    Args:
+        checkpoint: Checkpoint file.
+
+    Returns:
+        The CSV path, or None when there is none.
+    """
+    folder = Path(checkpoint).parent
+    for candidate in (folder / "metrics.csv", folder.parent / "metrics.csv"):
+        if candidate.is_file():
+            return candidate
+    return None

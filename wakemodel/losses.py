@@ -1,0 +1,161 @@
+"""Masked, arm-order-invariant keypoint loss.
+
+Slot 0 of a keypoint tensor is the wake vertex; slots 1 and 2 are the far ends
+of the wake components, whose order is meaningless. The loss is therefore the
+minimum over both arm orders (per sample), so a network is never pushed towards
+the midpoint of the two arms. Invisible target slots never contribute, and a
+garbage (even NaN) coordinate in an invisible slot cannot leak into the loss or
+its gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional
+
+IDENTITY_ORDER = (0, 1, 2)
+SWAPPED_ORDER = (0, 2, 1)
+
+
+def permute_slots(values: Tensor, order: Tensor) -> Tensor:
+    """Reorder the keypoint slots of ``values`` per sample.
+
+    Args:
+        values: Per-slot values, either ``[..., 3]`` (visibility, logits) or
+            ``[..., 3, D]`` (coordinates).
+        order: Long ``[..., 3]``: output slot ``k`` takes input slot ``order[..., k]``.
+
+    Returns:
+        ``values`` with its slot dimension reordered; same shape and dtype.
+    """
+    if values.dim() == order.dim():
+        return torch.gather(values, -1, order)
+    index = order.unsqueeze(-1).expand_as(values)
+    return torch.gather(values, -2, index)
+
+
+def _order_costs(
+    pred_keypoints: Tensor,
+    target_keypoints: Tensor,
+    target_visible: Tensor,
+    *,
+    pred_visibility_logits: Tensor | None,
+    visibility_weight: float,
+    beta: float,
+) -> Tensor:
+    """Per-sample loss for the identity and the swapped arm order of the target.
+
+    Args:
+        pred_keypoints: ``[..., 3, 2]`` predicted coordinates (any unit).
+        target_keypoints: ``[..., 3, 2]`` target coordinates (same unit).
+        target_visible: Bool ``[..., 3]``; invisible slots are ignored.
+        pred_visibility_logits: Optional ``[..., 3]`` logits; adds a BCE term.
+        visibility_weight: Weight of the BCE term.
+        beta: Smooth-L1 transition point (same unit as the coordinates); 0 gives L1.
+
+    Returns:
+        ``[..., 2]`` costs: index 0 for the identity order, 1 for the swapped order.
+    """
+    slot_dim = target_keypoints.dim() - 2
+    costs = []
+    for order in (IDENTITY_ORDER, SWAPPED_ORDER):
+        index = torch.tensor(order, device=target_keypoints.device)
+        target = target_keypoints.index_select(slot_dim, index)
+        visible = target_visible.index_select(slot_dim, index)
+        mask = visible.unsqueeze(-1)
+        target = torch.where(mask, target, torch.zeros_like(target))
+        difference = torch.where(mask, pred_keypoints - target, torch.zeros_like(target))
+        per_coordinate = functional.smooth_l1_loss(
+            difference, torch.zeros_like(difference), beta=beta, reduction="none"
+        )
+        visible_count = visible.sum(dim=-1).clamp(min=1)
+        cost = per_coordinate.sum(dim=(-2, -1)) / visible_count
+        if pred_visibility_logits is not None:
+            bce = functional.binary_cross_entropy_with_logits(
+                pred_visibility_logits, visible.to(pred_visibility_logits.dtype), reduction="none"
+            )
+            cost = cost + visibility_weight * bce.mean(dim=-1)
+        costs.append(cost)
+    return torch.stack(costs, dim=-1)
+
+
+def match_arm_order(
+    pred_keypoints: Tensor,
+    target_keypoints: Tensor,
+    target_visible: Tensor,
+    *,
+    pred_visibility_logits: Tensor | None = None,
+    visibility_weight: float = 0.0,
+    beta: float = 0.0,
+) -> Tensor:
+    """Best order of the target's arm slots for each sample.
+
+    The cost of an order is the masked (smooth) L1 distance between the
+    prediction and the reordered target, plus ``visibility_weight`` times the
+    visibility BCE when logits are given. Ties keep the identity order.
+
+    Args:
+        pred_keypoints: ``[..., 3, 2]`` predicted coordinates (normalised or pixels).
+        target_keypoints: ``[..., 3, 2]`` target coordinates in the same unit.
+        target_visible: Bool ``[..., 3]`` target visibility.
+        pred_visibility_logits: Optional ``[..., 3]`` predicted visibility logits.
+        visibility_weight: Weight of the BCE term in the cost.
+        beta: Smooth-L1 transition point in coordinate units (0: plain L1).
+
+    Returns:
+        Long ``[..., 3]`` slot order, ``(0, 1, 2)`` or ``(0, 2, 1)``; apply it to the
+        TARGET with :func:`permute_slots` to align it with the prediction.
+    """
+    costs = _order_costs(
+        pred_keypoints.detach(),
+        target_keypoints,
+        target_visible,
+        pred_visibility_logits=(
+            None if pred_visibility_logits is None else pred_visibility_logits.detach()
+        ),
+        visibility_weight=visibility_weight,
+        beta=beta,
+    )
+    swap = costs[..., 1] < costs[..., 0]
+    orders = torch.tensor([IDENTITY_ORDER, SWAPPED_ORDER], device=target_keypoints.device)
+    return orders[swap.long()]
+
+
+def keypoint_loss(
+    pred_keypoints: Tensor,
+    pred_visibility_logits: Tensor,
+    target_keypoints: Tensor,
+    target_visible: Tensor,
+    *,
+    visibility_weight: float = 0.1,
+    beta: float = 0.02,
+) -> Tensor:
+    """Masked smooth-L1 keypoint loss plus visibility BCE, minimised over arm orders.
+
+    For every sample: smooth L1 over the visible target slots (summed over x and
+    y, averaged over visible slots) plus ``visibility_weight`` times the mean
+    BCE of the visibility logits, with the target's arm slots in whichever order
+    gives the lower value. The result is averaged over the batch.
+
+    Args:
+        pred_keypoints: ``[B, 3, 2]`` predicted normalised coordinates in [0, 1].
+        pred_visibility_logits: ``[B, 3]`` predicted visibility logits.
+        target_keypoints: ``[B, 3, 2]`` target normalised coordinates; invisible
+            slots may hold any value, NaN included.
+        target_visible: Bool ``[B, 3]`` target visibility.
+        visibility_weight: Weight of the visibility BCE term.
+        beta: Smooth-L1 transition point in normalised units (fraction of the chip).
+
+    Returns:
+        Scalar loss tensor (float32).
+    """
+    costs = _order_costs(
+        pred_keypoints.float(),
+        target_keypoints.float(),
+        target_visible.bool(),
+        pred_visibility_logits=pred_visibility_logits.float(),
+        visibility_weight=visibility_weight,
+        beta=beta,
+    )
+    return costs.min(dim=-1).values.mean()
