@@ -1,4 +1,4 @@
-"""The main job on the embedded default: synthetic data, short CPU training, evaluation."""
+"""The main job on the embedded default: synthetic data, short CPU training, evaluation.
 
 ``python cli.py demo`` runs :func:`run_demo`: it writes a small synthetic
 Sentinel-2 wake set (if absent), trains the keypoint model briefly at a small
