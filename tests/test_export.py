@@ -81,7 +81,7 @@ def _infer_json(model: Path, image: Path) -> dict[str, Any]:
     result = CliRunner().invoke(main, ["infer", str(model), str(image), "--json", "-",
                                        "--accelerator", "cpu"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.stdout)
 
 
 def _schema(value: Any) -> Any:

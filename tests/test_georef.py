@@ -307,3 +307,77 @@ def test_north_sea_geotiff_is_utm_10m_offshore(tmp_path: Path) -> None:
         assert west - 0.01 < float(lon) < east + 0.01 and south - 0.01 < float(lat) < north + 0.01
         with Image.open(path) as image:
             np.testing.assert_array_equal(np.asarray(image), pixels)
+
+
+def test_cli_infer_geotiff_with_platforms(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from wakemodel.cli import main
+    from wakemodel.georef import write_geotiff
+
+    transform = _utm_transform(4.5, 56.0)
+    pixels = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH), dtype=np.uint8)
+    chip = write_geotiff(tmp_path / "chip.tif", pixels, transform, pyproj.CRS.from_epsg(32631))
+    plain = _write_png(tmp_path / "plain.png")
+    csv_path = tmp_path / "platforms.csv"
+    csv_path.write_text("name,id,lat,lon\nAlpha,A-1,56.01,4.52\nBravo,B-2,55.5,4.0\n")
+    runner = CliRunner()
+    result = runner.invoke(main, [
+        "infer", str(tiny_checkpoint), str(chip), str(plain), "--platforms", str(csv_path),
+        "--within-km", "5", "--json", "-", "--accelerator", "cpu",
+    ])
+    assert result.exit_code == 0, result.output
+    located, unlocated = json.loads(result.stdout)["predictions"]
+    geo_fields = located["geo"]
+    assert geo_fields["crs"] == "EPSG:32631"
+    assert geo_fields["vessel_lat"] == pytest.approx(56.0, abs=0.01)
+    assert geo_fields["nearest_platforms"][0]["name"] == "Alpha"
+    assert geo_fields["nearest_platforms"][0]["id"] == "A-1"
+    assert geo_fields["within_km"] is True
+    for key in ("heading_true_deg", "wake_length_m", "cpa_km", "cpa_along_track_km",
+                "heading_to_platform_deg", "far_ends", "vessel_lon"):
+        assert key in geo_fields
+    assert located["wake_length_m"] == geo_fields["wake_length_m"]
+    assert "geo" not in unlocated
+    notes = [line for line in result.stderr.splitlines() if line.startswith("No geo fields")]
+    assert len(notes) == 1 and "plain.png" in notes[0]
+    table = runner.invoke(main, ["infer", str(tiny_checkpoint), str(plain),
+                                 "--accelerator", "cpu"])
+    assert table.exit_code == 0, table.output
+    assert table.stderr.count("\n") == 1 and "no image is georeferenced" in table.stderr
+    needs_platforms = runner.invoke(main, ["infer", str(tiny_checkpoint), str(chip),
+                                           "--within-km", "5"])
+    assert needs_platforms.exit_code == 2 and "--platforms" in needs_platforms.stderr
+
+
+def test_synthetic_geotiff_dataset_matches_png_dataset(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from wakemodel.cli import main
+    from wakemodel.data import read_image, scan_dataset
+    from wakemodel.synthetic import generate_dataset
+
+    options = {"min_size": 40, "max_size": 64}
+    pngs = generate_dataset(tmp_path / "png", 3, 7, **options)
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "tif"), "--count", "3",
+                                       "--seed", "7", "--min-size", "40", "--max-size", "64",
+                                       "--workers", "1", "--geotiff"])
+    assert result.exit_code == 0, result.output
+    tifs = tmp_path / "tif"
+    again = generate_dataset(tmp_path / "again", 3, 7, geotiff=True, **options)
+    records = scan_dataset(tifs)
+    assert [record.image_path.suffix for record in records] == [".tif"] * 3
+    for record, png_record in zip(records, scan_dataset(pngs), strict=True):
+        np.testing.assert_array_equal(record.keypoints_px, png_record.keypoints_px)
+        np.testing.assert_array_equal(read_image(record.image_path),
+                                      read_image(png_record.image_path))
+        assert (again / "imgs" / record.image_path.name).read_bytes() == (
+            record.image_path.read_bytes()
+        )
+        georef = GeoReference.from_path(record.image_path)
+        assert georef.crs.to_epsg() in (32631, 32632)
+        assert georef.pixel_size_m == pytest.approx((10.0, 10.0), rel=2e-3)
+        x, y = record.keypoints_px[0]
+        lon, lat = georef.pixel_to_lonlat(x, y)
+        back_x, back_y = georef.lonlat_to_pixel(lon, lat)
+        assert abs(float(back_x) - x) < 0.01 and abs(float(back_y) - y) < 0.01

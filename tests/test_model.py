@@ -18,6 +18,7 @@ from wakemodel.model import (
     EfficientNetB0KeypointDetector,
     KeypointOutput,
     WakeKeypointModule,
+    soft_argmax,
     warmup_cosine_factor,
 )
 
@@ -140,6 +141,19 @@ def test_offline_pretrained_warns_once_and_uses_random_weights(
     assert detector(torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)).keypoints.shape == (2, 3, 2)
 
 
+def test_soft_argmax_finds_peaks_at_centre_and_borders() -> None:
+    logits = torch.full((1, 3, 5, 9), -1e4)
+    logits[0, 0, 2, 4] = 0.0  # centre cell
+    logits[0, 1, 0, 0] = 0.0  # top-left corner
+    logits[0, 2, 4, 8] = 0.0  # bottom-right corner
+    keypoints = soft_argmax(logits)
+    expected = torch.tensor([[[0.5, 0.5], [0.0, 0.0], [1.0, 1.0]]])
+    torch.testing.assert_close(keypoints, expected)
+    two_peaks = torch.full((1, 1, 5, 9), -1e4)
+    two_peaks[0, 0, 2, 2] = two_peaks[0, 0, 2, 6] = 0.0
+    torch.testing.assert_close(soft_argmax(two_peaks), torch.tensor([[[0.5, 0.5]]]))
+
+
 def test_warmup_cosine_factor() -> None:
     factors = [
         warmup_cosine_factor(step, warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
@@ -253,9 +267,10 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
                 module.momentum = None
         detector(torch.rand(8, 1, IMAGE_SIZE, IMAGE_SIZE))
         detector.eval()
-        detector.head.weight.normal_()
+        detector.visibility_head.weight.normal_()
+        detector.decoder.fuse[-1].weight.normal_()
         scale = detector(torch.rand(8, 1, IMAGE_SIZE, IMAGE_SIZE)).visibility_logits.abs().max()
-        detector.head.weight.div_(scale / 2)
+        detector.visibility_head.weight.div_(scale / 2)
     path = tmp_path / "detector.onnx"
     torch.onnx.export(
         detector,

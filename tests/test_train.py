@@ -14,6 +14,7 @@ from wakemodel.train import (
     AtomicCheckpointIO,
     TrainConfig,
     TrainResult,
+    _unique_run_dir,
     train,
     wandb_mode,
 )
@@ -100,6 +101,24 @@ def test_missing_data_cli_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("option", "value"), [("--max-time", "1:2"), ("--devices", "abc"), ("--strategy", "nope")]
+)
+def test_invalid_trainer_option_cli_error(
+    tiny_dir: Path, tmp_path: Path, option: str, value: str
+) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["train", "--data", str(tiny_dir), "--accelerator", "cpu", "--image-size", "32",
+         "--no-pretrained", "--checkpoint-dir", str(tmp_path / "ck"), option, value],
+    )
+    assert result.exit_code == 2
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1
+    assert f"{option} {value}" in error_lines[0]
+    assert "Traceback" not in result.output
+
+
 def test_fast_dev_run_cli(tiny_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,
@@ -141,6 +160,14 @@ def test_train_writes_named_checkpoints_with_metadata(tiny_dir: Path, tmp_path: 
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted(
         ["last.ckpt", result.best_checkpoint.name]
     )
+
+
+def test_run_folders_are_never_reused(tmp_path: Path) -> None:
+    assert _unique_run_dir(tmp_path, "exp") == tmp_path / "exp"
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp-1").mkdir()
+    assert _unique_run_dir(tmp_path, "exp") == tmp_path / "exp-2"
+    assert re.fullmatch(r"\d{8}-\d{6}", _unique_run_dir(tmp_path, None).name)
 
 
 def test_interrupt_then_resume_continues_epoch_and_optimizer(

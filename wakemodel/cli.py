@@ -85,15 +85,36 @@ def _prediction_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="Save each chip with its keypoints, wake axis and heading arrow: a .png file "
     "for one image, else a folder (one <name>_wake.png per image).",
 )
+@click.option(
+    "--crs", help="CRS of chips georeferenced by a world file (.pgw/.wld) without a .prj "
+    "beside them, e.g. EPSG:32631 (GeoTIFFs carry their own).",
+)
+@click.option(
+    "--platforms", "platforms_csv", type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV of platforms (lat, lon, optional name, id): adds, for georeferenced chips, "
+    "the nearest platform's distance, bearing, angle to the heading and the closest "
+    "point of approach.",
+)
+@click.option("--nearest", "nearest_count", type=click.IntRange(min=1), default=1,
+              show_default=True, help="Platforms listed per vessel (with --platforms).")
+@click.option(
+    "--within-km", type=click.FloatRange(min=0, min_open=True),
+    help="Flag vessels closer than this to their nearest platform (km; needs --platforms).",
+)
 @_prediction_options
 def infer_command(
     model: Path, images: tuple[Path, ...], json_path: Path | None, plot_path: Path | None,
+    crs: str | None, platforms_csv: Path | None, nearest_count: int, within_km: float | None,
     accelerator: str, batch_size: int, tta: bool, gsd_m: float,
 ) -> None:
-    """Find the wake in each IMAGE (files or folders) with the checkpoint MODEL.
+    """Find the wake in each IMAGE (files or folders) with MODEL (.ckpt, or .onnx from export).
 
     Prints, per chip, the vertex and wake ends in original-image pixels, the
     heading (compass bearing, north up) and the wake length in pixels and metres.
+    For georeferenced chips (GeoTIFF, or a world file plus --crs or a .prj) it
+    adds the vessel's latitude/longitude, its true heading, the wake length from
+    the actual pixel size and, with --platforms, the nearest platforms and the
+    closest point of approach; other chips get one line saying why not.
     """
     import json
 
@@ -105,6 +126,7 @@ def infer_command(
     several = len(paths) > 1
     if several and plot_path is not None and plot_path.suffix.lower() in _PLOT_SUFFIXES:
         raise InputError(f"--plot {plot_path}: several images given; pass a folder instead.")
+    platforms = _read_geo_options(crs, platforms_csv, within_km)
     predictor = infer.load_model(model, accelerator=accelerator)
 
     def skip(source: str, error: WakeModelError) -> None:
@@ -116,6 +138,10 @@ def infer_command(
     )
     if not predictions:
         raise WakeModelError("None of the images could be read; see the lines above.")
+    requested = crs is not None or platforms_csv is not None
+    predictions = _add_geo_fields(
+        predictions, crs, platforms, nearest_count, within_km, requested=requested
+    )
     json_to_stdout = json_path is not None and str(json_path) == "-"
     if json_path is not None:
         document = json.dumps(
@@ -128,9 +154,63 @@ def infer_command(
             atomic_write_text(json_path, document + "\n")
     if not json_to_stdout:
         click.echo(_prediction_table(predictions))
+        for prediction in predictions:
+            if prediction.geo is not None:
+                click.echo(f"{Path(prediction.source).name}: {prediction.geo.summary()}")
     if plot_path is not None:
         for saved in _plot_predictions(predictions, plot_path, single_file=not several):
             click.echo(f"Saved {saved}", err=json_to_stdout)
+
+
+def _read_geo_options(
+    crs: str | None, platforms_csv: Path | None, within_km: float | None
+) -> Any:
+    """Check ``--crs`` and read ``--platforms`` before any inference runs.
+
+    Returns:
+        ``wakemodel.georef.Platforms``, or None without ``--platforms`` (or
+        without rasterio and pyproj, when no geo option is given).
+    """
+    if within_km is not None and platforms_csv is None:
+        raise WakeModelError("--within-km needs --platforms CSV (the platforms to measure).")
+    try:
+        from wakemodel import georef
+    except ImportError as exc:
+        if crs is not None or platforms_csv is not None:
+            raise WakeModelError(
+                f"--crs and --platforms need rasterio and pyproj ({exc}); "
+                "install them with pip install 'wakemodel[geo]'."
+            ) from exc
+        return None
+    if crs is not None:
+        georef.parse_crs(crs)
+    return None if platforms_csv is None else georef.read_platforms(platforms_csv)
+
+
+def _add_geo_fields(
+    predictions: list[Any], crs: str | None, platforms: Any, nearest_count: int,
+    within_km: float | None, *, requested: bool,
+) -> list[Any]:
+    """Geolocate predictions of georeferenced chips; say on stderr why others have no geo fields.
+
+    Without a geo option (``requested`` false) and no georeferenced chip at
+    all, one line sums up; otherwise each chip without geo fields gets a line.
+    """
+    try:
+        from wakemodel.georef import geolocate_predictions
+    except ImportError:
+        click.echo("No geo fields: rasterio and pyproj are not installed "
+                   "(pip install 'wakemodel[geo]').", err=True)
+        return predictions
+    located = geolocate_predictions(predictions, crs=crs, platforms=platforms,
+                                    nearest_count=nearest_count, within_km=within_km)
+    notes = [prediction.geo_note for prediction in located if prediction.geo_note]
+    if notes and not requested and len(notes) == len(located):
+        click.echo(f"No geo fields: no image is georeferenced (e.g. {notes[0]})", err=True)
+    else:
+        for note in notes:
+            click.echo(f"No geo fields for {note}", err=True)
+    return located
 
 
 def _prediction_table(predictions: list[Any]) -> str:
@@ -350,6 +430,11 @@ def plot_errors_command(
 @click.option("--weights", "weights_path", type=click.Path(path_type=Path),
               help="Local torchvision efficientnet_b0 state dict to start from.")
 @click.option("--max-time", help="Wall-clock limit DD:HH:MM:SS (stops after that time).")
+@click.option("--compile", is_flag=True,
+              help="Compile the network with torch.compile (slow start; for GPUs and long runs).")
+@click.option("--auto-batch-size", is_flag=True,
+              help="Largest batch that fits the GPU (Lightning's batch-size finder); "
+              "ignored with a warning on CPU.")
 def train_command(**options: Any) -> None:
     """Train the wake keypoint model; writes checkpoints and CSV logs.
 
@@ -400,8 +485,12 @@ def _train_summary(result: Any) -> str:
               help="Largest chip side in pixels.")
 @click.option("--workers", type=click.IntRange(min=1), show_default="the available CPU cores",
               help="Parallel processes (the files do not depend on it).")
+@click.option("--geotiff", is_flag=True,
+              help="Write georeferenced GeoTIFF chips (imgs/*.tif: UTM 31N/32N, 10 m pixels, "
+              "North Sea) instead of PNGs; same pixels and annotations.")
 def synth_command(
-    out_dir: Path, count: int, seed: int, min_size: int, max_size: int, workers: int | None
+    out_dir: Path, count: int, seed: int, min_size: int, max_size: int, workers: int | None,
+    geotiff: bool,
 ) -> None:
     """Write COUNT synthetic Sentinel-2 wake chips to OUT_DIR in the dataset's layout."""
     import os
@@ -413,9 +502,10 @@ def synth_command(
             os.cpu_count() or 1
         )
     root = generate_dataset(
-        out_dir, count, seed, min_size=min_size, max_size=max_size, workers=workers
+        out_dir, count, seed, min_size=min_size, max_size=max_size, workers=workers,
+        geotiff=geotiff,
     )
-    click.echo(f"Wrote {count} chips to {root} (imgs/, annotations/).")
+    click.echo(f"Wrote {count} chips to {root} (imgs/{'*.tif' if geotiff else ''}, annotations/).")
     click.echo(f"Next: python cli.py plot dataset {root} --out dataset.png")
 
 

@@ -13,7 +13,12 @@ longitude, its true heading and the wake length in metres, all measured on the
 CRS's ellipsoid (so grid convergence, map scale and rotated or flipped
 transforms need no special case), and, given platforms, the nearest ones with
 the closest point of approach along the current heading, measured on the
-sphere with :mod:`wakemodel.geo`.
+sphere with :mod:`wakemodel.geo`. :func:`geolocate_predictions` does this for
+``wakemodel.infer.Prediction`` objects (``cli.py infer``), and
+:func:`north_sea_transform` with :func:`write_geotiff` make the synthetic
+GeoTIFF chips (``cli.py synth --geotiff``).
+
+rasterio is imported only where a TIFF is read or written.
 """
 
 from __future__ import annotations

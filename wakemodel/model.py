@@ -2,7 +2,10 @@
 
 :class:`EfficientNetB0KeypointDetector` is a torchvision EfficientNet-B0 with a
 1-channel stem and a head that regresses 3 keypoints (normalised x, y in
-[0, 1]) plus one visibility logit per keypoint. The grey ImageNet normalisation
+[0, 1]) plus one visibility logit per keypoint. The keypoints come from
+integral regression (a soft-argmax over stride-8 heatmaps of a small feature
+pyramid), which keeps the spatial layout that global pooling would discard and
+learns far faster than a fully connected regressor. The grey ImageNet normalisation
 lives inside the network (buffers), so checkpoints and ONNX exports carry it.
 
 :class:`WakeKeypointModule` trains it with :func:`wakemodel.losses.keypoint_loss`
@@ -49,7 +52,7 @@ class KeypointOutput(NamedTuple):
     """Network output.
 
     Attributes:
-        keypoints: ``[B, 3, 2]`` normalised (x, y) in [0, 1] (sigmoid-bounded).
+        keypoints: ``[B, 3, 2]`` normalised (x, y) in [0, 1] (soft-argmax of heatmaps).
         visibility_logits: ``[B, 3]`` visibility logits (sigmoid gives probabilities).
     """
 
@@ -131,7 +134,7 @@ class EfficientNetB0KeypointDetector(nn.Module):
         pretrained: Try to download torchvision's ImageNet weights.
         weights_path: Local torchvision ``efficientnet_b0`` state dict; takes
             precedence over (and implies) ``pretrained``.
-        dropout: Dropout probability before the regression head.
+        dropout: Dropout probability before the visibility head.
 
     Raises:
         InputError: If ``num_keypoints`` is not 3.
@@ -180,11 +183,12 @@ class EfficientNetB0KeypointDetector(nn.Module):
             grey_stem.weight.copy_(rgb_stem.weight.sum(dim=1, keepdim=True))
         backbone.features[0][0] = grey_stem
         self.features = backbone.features
+        self.decoder = _HeatmapDecoder(num_keypoints)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(FEATURE_CHANNELS, num_keypoints * 3)
-        nn.init.normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
+        self.visibility_head = nn.Linear(FEATURE_CHANNELS, num_keypoints)
+        nn.init.normal_(self.visibility_head.weight, std=0.01)
+        nn.init.zeros_(self.visibility_head.bias)
         self.register_buffer("mean", torch.tensor(GREY_MEAN).reshape(1, 1, 1, 1))
         self.register_buffer("std", torch.tensor(GREY_STD).reshape(1, 1, 1, 1))
 
@@ -198,12 +202,80 @@ class EfficientNetB0KeypointDetector(nn.Module):
             :class:`KeypointOutput` with keypoints ``[B, 3, 2]`` in [0, 1] and
             visibility logits ``[B, 3]``.
         """
-        normalised = (images - self.mean) / self.std
-        features = self.pool(self.features(normalised)).flatten(1)
-        raw = self.head(self.dropout(features))
-        coordinate_count = self.num_keypoints * 2
-        keypoints = torch.sigmoid(raw[:, :coordinate_count]).reshape(-1, self.num_keypoints, 2)
-        return KeypointOutput(keypoints, raw[:, coordinate_count:])
+        features = (images - self.mean) / self.std
+        pyramid: list[Tensor] = []
+        for index, stage in enumerate(self.features):
+            features = stage(features)
+            if index in PYRAMID_STAGES:
+                pyramid.append(features)
+        keypoints = soft_argmax(self.decoder(pyramid))
+        pooled = self.pool(features).flatten(1)
+        return KeypointOutput(keypoints, self.visibility_head(self.dropout(pooled)))
+
+
+PYRAMID_STAGES = (3, 5, 8)
+"""EfficientNet-B0 ``features`` stages feeding the decoder: strides 8, 16, 32."""
+PYRAMID_CHANNELS = (40, 112, FEATURE_CHANNELS)
+DECODER_CHANNELS = 96
+
+
+class _HeatmapDecoder(nn.Module):
+    """A small top-down feature pyramid giving one heatmap per keypoint at stride 8.
+
+    Args:
+        num_keypoints: Number of heatmaps.
+    """
+
+    def __init__(self, num_keypoints: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(
+            nn.Conv2d(channels, DECODER_CHANNELS, kernel_size=1) for channels in PYRAMID_CHANNELS
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(DECODER_CHANNELS, DECODER_CHANNELS, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(DECODER_CHANNELS),
+            nn.SiLU(inplace=True),
+            nn.Conv2d(DECODER_CHANNELS, num_keypoints, kernel_size=1),
+        )
+
+    def forward(self, pyramid: list[Tensor]) -> Tensor:
+        """Fuse stride-8/16/32 features top-down into heatmap logits.
+
+        Args:
+            pyramid: Feature maps ``[B, C_i, H_i, W_i]`` from fine to coarse.
+
+        Returns:
+            Heatmap logits ``[B, K, H_0, W_0]`` at the finest level (stride 8).
+        """
+        fused = self.lateral[-1](pyramid[-1])
+        for level in range(len(pyramid) - 2, -1, -1):
+            finer = self.lateral[level](pyramid[level])
+            fused = finer + nn.functional.interpolate(
+                fused, size=finer.shape[-2:], mode="bilinear", align_corners=False
+            )
+        return self.fuse(fused)
+
+
+def soft_argmax(heatmap_logits: Tensor) -> Tensor:
+    """Differentiable arg-max (integral regression) of heatmaps in normalised coordinates.
+
+    Each heatmap is a softmax over its cells; the keypoint is the expected
+    position with cell coordinates spread evenly over [0, 1] (first cell 0,
+    last cell 1), so chip borders are reachable.
+
+    Args:
+        heatmap_logits: ``[B, K, H, W]`` logits.
+
+    Returns:
+        ``[B, K, 2]`` normalised (x, y) in [0, 1].
+    """
+    height, width = heatmap_logits.shape[-2:]
+    probabilities = heatmap_logits.flatten(2).softmax(dim=-1).unflatten(2, (height, width))
+    xs = torch.linspace(0.0, 1.0, width, dtype=probabilities.dtype, device=probabilities.device)
+    ys = torch.linspace(0.0, 1.0, height, dtype=probabilities.dtype, device=probabilities.device)
+    x = (probabilities.sum(dim=2) * xs).sum(dim=-1)
+    y = (probabilities.sum(dim=3) * ys).sum(dim=-1)
+    return torch.stack((x, y), dim=-1)
 
 
 def warmup_cosine_factor(

@@ -9,6 +9,9 @@ with distance; and a dark or bright turbulent centre wake. It writes::
     OUT_DIR/imgs/synth_000000.png           8-bit grayscale, no metadata
     OUT_DIR/annotations/synth_000000.json   {"tooltips": [{"x": .., "y": ..}, ...]}
 
+or, with ``geotiff=True``, ``imgs/synth_000000.tif``: the same pixels as a
+GeoTIFF in a North Sea UTM zone with 10 m pixels.
+
 Keypoint 0 is the vertex (the vessel pixel); the others are where the visible
 wake components end. About 80% of chips have both Kelvin arms (3 keypoints); the
 rest have 2 keypoints: one arm is missing (too faint, not drawn) and the other
@@ -384,28 +387,42 @@ def chip_name(index: int) -> str:
     return f"synth_{index:06d}"
 
 
-def _write_chip(root: Path, name: str, chip: SyntheticChip) -> None:
-    Image.fromarray(chip.image).save(root / "imgs" / f"{name}.png", format="PNG",
-                                     compress_level=1)
+def _write_chip(
+    root: Path, name: str, chip: SyntheticChip, georef_rng: np.random.Generator | None = None
+) -> None:
+    """Write a chip as PNG, or with ``georef_rng`` as a GeoTIFF placed in the North Sea."""
+    if georef_rng is not None:
+        from wakemodel.georef import north_sea_transform, write_geotiff
+
+        transform, crs = north_sea_transform(georef_rng)
+        write_geotiff(root / "imgs" / f"{name}.tif", chip.image, transform, crs)
+    else:
+        Image.fromarray(chip.image).save(root / "imgs" / f"{name}.png", format="PNG",
+                                         compress_level=1)
     (root / "annotations" / f"{name}.json").write_text(
         json.dumps({"tooltips": chip.tooltips}), encoding="utf-8"
     )
 
 
 def _write_chips(
-    root: Path, indices: range, seed: int, min_size: int, max_size: int
+    root: Path, indices: range, seed: int, min_size: int, max_size: int, geotiff: bool = False
 ) -> None:
-    """Render and write chips ``indices`` (each from its own spawned generator) under ``root``."""
+    """Render and write chips ``indices`` (each from its own spawned generator) under ``root``.
+
+    A GeoTIFF chip's position is drawn from its generator after the chip, so
+    pixels and annotations are the same as without ``geotiff``.
+    """
     children = np.random.SeedSequence(seed).spawn(indices.stop)
     for index in indices:
         rng = np.random.default_rng(children[index])
         width, height = (int(side) for side in rng.integers(min_size, max_size + 1, size=2))
-        _write_chip(root, chip_name(index), render_chip(rng, width, height))
+        chip = render_chip(rng, width, height)
+        _write_chip(root, chip_name(index), chip, rng if geotiff else None)
 
 
 def generate_dataset(
     out_dir: str | os.PathLike[str], count: int, seed: int, *, min_size: int = 200,
-    max_size: int = 900, workers: int = 1,
+    max_size: int = 900, workers: int = 1, geotiff: bool = False,
 ) -> Path:
     """Write ``count`` synthetic chips in the real dataset's layout.
 
@@ -421,9 +438,14 @@ def generate_dataset(
         max_size: Largest chip side (pixels); width and height are drawn
             independently and uniformly in ``[min_size, max_size]``.
         workers: Processes rendering in parallel (the files do not depend on it).
+        geotiff: Write ``imgs/synth_NNNNNN.tif`` GeoTIFFs instead of PNGs (needs
+            rasterio and pyproj): same pixels and annotations, north-up 10 m
+            pixels in UTM zone 31N or 32N (EPSG:32631/32632) at a random open
+            North Sea position (:func:`wakemodel.georef.north_sea_transform`).
 
     Returns:
-        ``out_dir`` holding ``imgs/synth_NNNNNN.png`` and ``annotations/synth_NNNNNN.json``.
+        ``out_dir`` holding ``imgs/synth_NNNNNN.png`` (or ``.tif``) and
+        ``annotations/synth_NNNNNN.json``.
 
     Raises:
         InputError: A bad count or size range.
@@ -448,13 +470,13 @@ def generate_dataset(
         (staging / "annotations").mkdir()
         workers = max(1, min(workers, count))
         if workers == 1:
-            _write_chips(staging, range(count), seed, min_size, max_size)
+            _write_chips(staging, range(count), seed, min_size, max_size, geotiff)
         else:
             bounds = np.linspace(0, count, workers + 1).astype(int)
             with ProcessPoolExecutor(workers) as pool:
                 jobs = [
                     pool.submit(_write_chips, staging, range(start, stop), seed, min_size,
-                                max_size)
+                                max_size, geotiff)
                     for start, stop in itertools.pairwise(bounds)
                 ]
                 for job in jobs:

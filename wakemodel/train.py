@@ -92,7 +92,8 @@ class TrainConfig:
         wandb_project: Weights & Biases project name.
         checkpoint_dir: Folder of the best and ``last.ckpt`` checkpoints.
         run_dir: Folder holding one sub-folder of logs per run.
-        run_name: Name of this run's log folder; ``None``: a timestamp.
+        run_name: Name of this run's log folder; ``None``: a timestamp. A taken
+            name gets a ``-1``, ``-2`` ... suffix.
         resume: Checkpoint (usually ``CHECKPOINT_DIR/last.ckpt``) to continue from,
             with its epoch, optimizer and scheduler state.
         deterministic: Use deterministic algorithms (bit-identical reruns on CPU).
@@ -103,6 +104,11 @@ class TrainConfig:
         max_time: Wall-clock limit ``"DD:HH:MM:SS"`` (Lightning's ``max_time``);
             ``None``: no limit.
         progress_bar: Show a progress bar with the loss and validation metrics.
+        compile: Compile the module with ``torch.compile`` (slow first steps; pays off
+            on GPUs and long runs).
+        auto_batch_size: Replace ``batch_size`` by the largest that fits the GPU
+            (Lightning's batch-size finder); on other devices a warning, and
+            ``batch_size`` is kept.
     """
 
     data_dir: Path = Path("data/ShipWakes")
@@ -132,6 +138,8 @@ class TrainConfig:
     weights_path: Path | None = None
     max_time: str | None = None
     progress_bar: bool = True
+    compile: bool = False
+    auto_batch_size: bool = False
 
 
 @dataclass
@@ -290,10 +298,13 @@ def wandb_mode() -> str:
 
 
 def _unique_run_dir(root: Path, name: str | None) -> Path:
-    """Return ``root/name`` (a timestamp when ``name`` is None), suffixed -1, -2 ... if taken."""
+    """Return ``root/name`` (a timestamp when ``name`` is None), suffixed -1, -2 ... if taken.
+
+    An existing run folder is never reused, so no earlier ``metrics.csv`` is overwritten.
+    """
     base = name or datetime.now().strftime("%Y%m%d-%H%M%S")
     candidate, counter = root / base, 1
-    while candidate.exists() and name is None:
+    while candidate.exists():
         candidate, counter = root / f"{base}-{counter}", counter + 1
     return candidate
 
@@ -407,6 +418,29 @@ def _build_trainer(
     )
 
 
+def _scale_batch_size(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: WakeDataModule,
+    device: DeviceChoice,
+) -> None:
+    """Set ``datamodule.batch_size`` to the largest that fits a CUDA GPU (binary search).
+
+    Uses Lightning's batch-size finder (``Tuner.scale_batch_size``), starting
+    from the configured size. On other devices it warns and keeps the size.
+    """
+    if device.accelerator != "cuda":
+        logger.warning(
+            "--auto-batch-size needs a CUDA GPU (device: %s); keeping --batch-size %d.",
+            device.accelerator, datamodule.batch_size,
+        )
+        return
+    from pytorch_lightning.tuner import Tuner
+
+    found = Tuner(trainer).scale_batch_size(module, datamodule=datamodule, mode="binsearch")
+    logger.info("Batch-size finder: %s chips per batch", found)
+
+
 def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train the wake keypoint model.
 
@@ -474,7 +508,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
         trainer = _build_trainer(
             config, device, loggers, all_callbacks, run_dir, len(datamodule.train_dataloader())
         )
-    except (MisconfigurationException, ValueError) as error:
+    except (MisconfigurationException, ValueError, TypeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(
             f"invalid trainer settings (--devices {config.devices}, --strategy "
@@ -482,8 +516,11 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
             f"--max-time {config.max_time}): {reason}"
         ) from error
     logger.info("Run folder: %s; checkpoints: %s", run_dir, config.checkpoint_dir)
+    fitted: pl.LightningModule = torch.compile(module) if config.compile else module
+    if config.auto_batch_size:
+        _scale_batch_size(trainer, fitted, datamodule, device)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=config.resume)
+        trainer.fit(fitted, datamodule=datamodule, ckpt_path=config.resume)
     except SystemExit:
         if last_callback.best_model_path:
             logger.warning(
