@@ -78,6 +78,8 @@ def _parse_args() -> argparse.Namespace:
                         help="Precision of (b) and (c); (a) is always fp32 ('default': package "
                         "default for the device).")
     parser.add_argument("--compile", action="store_true", help="Also measure (c) torch.compile.")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch intra-op threads (default: usable cores).")
     parser.add_argument("--no-peak-memory", action="store_true", help="Skip the memory runs.")
     parser.add_argument("--data", type=Path, help="Existing dataset (default: synthetic).")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
@@ -228,7 +230,8 @@ def _peak_memory_child(args: argparse.Namespace, data_dir: Path) -> None:
 
 def _peak_memory(args: argparse.Namespace, data_dir: Path, variant: str) -> dict[str, float]:
     command = [sys.executable, __file__, "--peak-memory-child", variant, "--data", str(data_dir),
-               "--accelerator", args.accelerator, "--precision", args.precision]
+               "--accelerator", args.accelerator, "--precision", args.precision,
+               "--threads", str(args.threads)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -254,6 +257,7 @@ def main() -> None:
         Path(tempfile.mkdtemp(prefix="bench_train_")) / "chips", args.chips, seed=SEED,
         min_size=args.min_chip, max_size=args.max_chip,
     )
+    torch.set_num_threads(args.threads)
     if args.peak_memory_child:
         _peak_memory_child(args, data_dir)
         return

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from wakemodel.losses import keypoint_loss, match_arm_order, permute_slots
+from wakemodel.losses import heatmap_loss, keypoint_loss, match_arm_order, permute_slots
 
 ARM_A = (0.2, 0.8)
 ARM_B = (0.8, 0.8)
@@ -97,3 +97,20 @@ def test_match_arm_order_and_permute_slots() -> None:
     assert torch.equal(permute_slots(target, order), pred)
     vis = torch.tensor([[True, True, False], [True, True, False]])
     assert permute_slots(vis, order).tolist() == [[True, True, False], [True, False, True]]
+
+
+def test_heatmap_loss_is_lowest_at_the_target_and_ignores_invisible_slots() -> None:
+    targets = torch.tensor([[[0.5, 0.5], [0.0, 1.0], [float("nan"), 0.0]]])
+    visible = torch.tensor([[True, True, False]])
+    uniform = torch.zeros(1, 3, 9, 9, requires_grad=True)
+    uniform_loss = heatmap_loss(uniform, targets, visible)
+    assert uniform_loss.item() == pytest.approx(math.log(81), rel=1e-5)
+    uniform_loss.backward()
+    assert torch.isfinite(uniform.grad).all()
+    assert uniform.grad[0, 2].abs().sum() == 0
+    grid = torch.linspace(0, 1, 9)
+    at_target = -((grid[None, :] - 0.5) ** 2 + (grid[:, None] - 0.5) ** 2) / (2 / 8**2)
+    elsewhere = -((grid[None, :] - 0.25) ** 2 + (grid[:, None] - 0.5) ** 2) / (2 / 8**2)
+    good = torch.stack([at_target, uniform[0, 1].detach(), torch.randn(9, 9)])[None]
+    bad = torch.stack([elsewhere, uniform[0, 1].detach(), torch.randn(9, 9)])[None]
+    assert heatmap_loss(good, targets, visible) < uniform_loss < heatmap_loss(bad, targets, visible)

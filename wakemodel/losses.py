@@ -159,3 +159,42 @@ def keypoint_loss(
         beta=beta,
     )
     return costs.min(dim=-1).values.mean()
+
+
+def heatmap_loss(
+    heatmap_logits: Tensor,
+    target_keypoints: Tensor,
+    target_visible: Tensor,
+    *,
+    sigma_cells: float = 1.0,
+) -> Tensor:
+    """Cross-entropy between softmax heatmaps and Gaussians at the visible targets.
+
+    The heatmap cells lie evenly over [0, 1] as in
+    :func:`wakemodel.model.soft_argmax`. Align the target's arm order with the
+    prediction first (:func:`match_arm_order`, :func:`permute_slots`).
+
+    Args:
+        heatmap_logits: ``[B, K, H, W]`` logits.
+        target_keypoints: ``[B, K, 2]`` normalised (x, y); invisible slots may hold
+            any value, NaN included.
+        target_visible: Bool ``[B, K]``.
+        sigma_cells: Standard deviation of the target Gaussian in heatmap cells.
+
+    Returns:
+        Scalar: mean over visible slots (0 when none is visible).
+    """
+    height, width = heatmap_logits.shape[-2:]
+    visible = target_visible.bool()
+    targets = torch.where(visible[..., None], target_keypoints.float(), 0.5)
+    xs = torch.linspace(0.0, 1.0, width, device=heatmap_logits.device)
+    ys = torch.linspace(0.0, 1.0, height, device=heatmap_logits.device)
+    sigma_x = sigma_cells / max(width - 1, 1)
+    sigma_y = sigma_cells / max(height - 1, 1)
+    gauss_x = torch.exp(-0.5 * ((xs - targets[..., 0:1]) / sigma_x) ** 2)
+    gauss_y = torch.exp(-0.5 * ((ys - targets[..., 1:2]) / sigma_y) ** 2)
+    target_maps = gauss_y[..., :, None] * gauss_x[..., None, :]
+    target_maps = target_maps / target_maps.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    log_probs = heatmap_logits.float().flatten(2).log_softmax(dim=-1)
+    cross_entropy = -(target_maps.flatten(2) * log_probs).sum(dim=-1)
+    return (cross_entropy * visible).sum() / visible.sum().clamp_min(1)

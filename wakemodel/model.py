@@ -34,7 +34,7 @@ from torchmetrics.aggregation import CatMetric
 from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
 
 from wakemodel.errors import InputError, WakeModelError
-from wakemodel.losses import keypoint_loss
+from wakemodel.losses import heatmap_loss, keypoint_loss, match_arm_order, permute_slots
 from wakemodel.metrics import DEFAULT_GSD_M, keypoint_errors
 
 logger = logging.getLogger(__name__)
@@ -202,15 +202,26 @@ class EfficientNetB0KeypointDetector(nn.Module):
             :class:`KeypointOutput` with keypoints ``[B, 3, 2]`` in [0, 1] and
             visibility logits ``[B, 3]``.
         """
+        heatmap_logits, visibility_logits = self.heatmaps(images)
+        return KeypointOutput(soft_argmax(heatmap_logits), visibility_logits)
+
+    def heatmaps(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Keypoint heatmap logits and visibility logits (what ``forward`` is built on).
+
+        Args:
+            images: Float ``[B, 1, S, S]`` grey chips in [0, 1].
+
+        Returns:
+            Heatmap logits ``[B, 3, S/8, S/8]`` (rounded up) and visibility logits ``[B, 3]``.
+        """
         features = (images - self.mean) / self.std
         pyramid: list[Tensor] = []
         for index, stage in enumerate(self.features):
             features = stage(features)
             if index in PYRAMID_STAGES:
                 pyramid.append(features)
-        keypoints = soft_argmax(self.decoder(pyramid))
         pooled = self.pool(features).flatten(1)
-        return KeypointOutput(keypoints, self.visibility_head(self.dropout(pooled)))
+        return self.decoder(pyramid), self.visibility_head(self.dropout(pooled))
 
 
 PYRAMID_STAGES = (3, 5, 8)
@@ -354,7 +365,8 @@ class WakeKeypointModule(pl.LightningModule):
         gsd_m: Ground sampling distance in metres per original pixel.
         visibility_weight: Weight of the visibility BCE in the loss.
         loss_beta: Smooth-L1 transition point in normalised coordinates.
-        dropout: Dropout before the regression head.
+        heatmap_weight: Weight of the heatmap cross-entropy regulariser (0: off).
+        dropout: Dropout before the visibility head.
         channels_last: Convert the network to channels-last memory format.
     """
 
@@ -372,6 +384,7 @@ class WakeKeypointModule(pl.LightningModule):
         gsd_m: float = DEFAULT_GSD_M,
         visibility_weight: float = 0.1,
         loss_beta: float = 0.02,
+        heatmap_weight: float = 0.25,
         dropout: float = 0.2,
         channels_last: bool = True,
     ) -> None:
@@ -396,9 +409,17 @@ class WakeKeypointModule(pl.LightningModule):
         if self.hparams.channels_last:
             self.detector.to(memory_format=torch.channels_last)
 
-    def _loss(self, output: KeypointOutput, batch: Mapping[str, Tensor]) -> Tensor:
-        """Keypoint loss of one batch (scalar)."""
-        return keypoint_loss(
+    def _forward_with_loss(self, batch: Mapping[str, Tensor]) -> tuple[KeypointOutput, Tensor]:
+        """Run the network on a batch and compute its loss (scalar).
+
+        The loss is the arm-order-invariant keypoint loss plus ``heatmap_weight``
+        times a heatmap cross-entropy against Gaussians at the targets (arms in
+        the order the keypoint loss matched), a DSNT-style regulariser that gives
+        every heatmap cell a learning signal and speeds up convergence.
+        """
+        heatmap_logits, visibility_logits = self.detector.heatmaps(batch["image"])
+        output = KeypointOutput(soft_argmax(heatmap_logits), visibility_logits)
+        loss = keypoint_loss(
             output.keypoints,
             output.visibility_logits,
             batch["keypoints"],
@@ -406,10 +427,20 @@ class WakeKeypointModule(pl.LightningModule):
             visibility_weight=self.hparams.visibility_weight,
             beta=self.hparams.loss_beta,
         )
+        if self.hparams.heatmap_weight > 0:
+            order = match_arm_order(
+                output.keypoints, batch["keypoints"], batch["visible"], beta=self.hparams.loss_beta
+            )
+            loss = loss + self.hparams.heatmap_weight * heatmap_loss(
+                heatmap_logits,
+                permute_slots(batch["keypoints"], order),
+                permute_slots(batch["visible"], order),
+            )
+        return output, loss
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """Compute and log ``train/loss`` for one batch."""
-        loss = self._loss(self(batch["image"]), batch)
+        _, loss = self._forward_with_loss(batch)
         self.log(
             "train/loss",
             loss,
@@ -424,8 +455,7 @@ class WakeKeypointModule(pl.LightningModule):
         self, batch: Mapping[str, Tensor], stage: str, metrics: nn.ModuleDict
     ) -> Tensor:
         """Log the loss and accumulate per-sample errors for one val/test batch."""
-        output = self(batch["image"])
-        loss = self._loss(output, batch)
+        output, loss = self._forward_with_loss(batch)
         batch_size = batch["image"].shape[0]
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch_size)
         errors = keypoint_errors(
