@@ -53,7 +53,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from wakemodel.augment import WakeAugmentation
-from wakemodel.data import WakeDataModule, WakeRecord, scan_dataset, split_records
+from wakemodel.data import WakeRecord, scan_dataset, split_records
+from wakemodel.datamodule import WakeDataModule
 from wakemodel.devices import select_device
 from wakemodel.losses import keypoint_loss
 from wakemodel.model import EfficientNetB0KeypointDetector, WakeKeypointModule

@@ -30,12 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from wakemodel.errors import InputError, WakeModelError
@@ -554,121 +554,14 @@ def split_records_by_files(
     return result
 
 
-class WakeDataModule(pl.LightningDataModule):
-    """Train/val/test loaders over a wake dataset held in memory.
+def __getattr__(name: str) -> Any:
+    """Load ``WakeDataModule`` (and Lightning with it) only when asked for.
 
-    Args:
-        data_dir: Dataset root holding ``imgs/`` and ``annotations/``.
-        image_size: Network input side S (pixels).
-        batch_size: Chips per batch.
-        num_workers: Loader worker processes; None picks ``min(4, cores - 1)``.
-        seed: Seed of the split and of the training shuffle.
-        split: (train, val, test) fractions, used when ``split_files`` is None.
-        split_files: Optional ``{"train"|"val"|"test": text file of names}``.
-        augment: True for :class:`wakemodel.augment.WakeAugmentation` on the
-            training set, False for none, or a custom augmentation callable.
+    Inference needs only the image functions of this module; keeping Lightning
+    out of its import saves seconds on every ``infer`` call.
     """
+    if name == "WakeDataModule":
+        from wakemodel.datamodule import WakeDataModule
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike[str],
-        image_size: int = 224,
-        batch_size: int = 16,
-        num_workers: int | None = None,
-        seed: int = 0,
-        split: Sequence[float] = (0.8, 0.1, 0.1),
-        split_files: Mapping[str, str | os.PathLike[str]] | None = None,
-        augment: bool | Augmentation = True,
-    ) -> None:
-        super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size {batch_size!r}: must be a positive integer.")
-        if num_workers is not None and num_workers < 0:
-            raise InputError(f"num_workers {num_workers!r}: must be 0 or more.")
-        self.data_dir = Path(data_dir)
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.num_workers = _default_num_workers() if num_workers is None else num_workers
-        self.seed = seed
-        self.split = tuple(split)
-        self.split_files = (
-            None if split_files is None else {k: Path(v) for k, v in split_files.items()}
-        )
-        self.augment = augment
-        self.datasets: dict[str, WakeDataset] = {}
-
-    def setup(self, stage: str | None = None) -> None:
-        """Scan the dataset, split it and decode the images (once; later calls reuse them)."""
-        if self.datasets:
-            return
-        records = scan_dataset(self.data_dir)
-        if self.split_files is not None:
-            parts = split_records_by_files(records, self.split_files)
-        else:
-            parts = split_records(records, self.seed, self.split)
-        if self.augment is True:
-            from wakemodel.augment import WakeAugmentation
-
-            train_augment: Augmentation | None = WakeAugmentation(self.image_size)
-        else:
-            train_augment = self.augment or None
-        self.datasets = {
-            name: WakeDataset(
-                parts[name], self.image_size, train_augment if name == "train" else None
-            )
-            for name in SPLIT_NAMES
-        }
-        logger.info(
-            "Split %s: %s",
-            self.data_dir,
-            ", ".join(f"{name} {len(self.datasets[name])}" for name in SPLIT_NAMES),
-        )
-
-    @property
-    def train_dataset(self) -> WakeDataset:
-        """The training set (after :meth:`setup`)."""
-        return self._dataset("train")
-
-    @property
-    def val_dataset(self) -> WakeDataset:
-        """The validation set (after :meth:`setup`)."""
-        return self._dataset("val")
-
-    @property
-    def test_dataset(self) -> WakeDataset:
-        """The test set (after :meth:`setup`)."""
-        return self._dataset("test")
-
-    def _dataset(self, name: str) -> WakeDataset:
-        if not self.datasets:
-            self.setup()
-        return self.datasets[name]
-
-    def _loader(self, dataset: WakeDataset, train: bool) -> DataLoader[dict[str, torch.Tensor]]:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
-            # A last batch of one chip breaks BatchNorm in training; drop the remainder.
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
-        """Shuffled (seeded), augmented training batches."""
-        return self._loader(self.train_dataset, train=True)
-
-    def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
-        """Validation batches in name order."""
-        return self._loader(self.val_dataset, train=False)
-
-    def test_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
-        """Test batches in name order."""
-        return self._loader(self.test_dataset, train=False)
-
-    def predict_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
-        """Test-set batches in name order, for ``Trainer.predict``."""
-        return self._loader(self.test_dataset, train=False)
+        return WakeDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,7 +46,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from wakemodel._io import atomic_path
-from wakemodel.data import WakeDataModule
+from wakemodel.datamodule import WakeDataModule
 from wakemodel.devices import DeviceChoice, environment_info, select_device
 from wakemodel.errors import InputError
 from wakemodel.model import WakeKeypointModule
