@@ -616,11 +616,11 @@ def nearest_command(
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/demo"), show_default=True,
               help="Folder for checkpoints, logs, evaluation.json and figures.")
-@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
               help="Training epochs.")
 @click.option("--image-size", type=click.IntRange(min=32), default=96, show_default=True,
               help="Network input side in pixels.")
-@click.option("--count", type=click.IntRange(min=10), default=320, show_default=True,
+@click.option("--count", type=click.IntRange(min=10), default=600, show_default=True,
               help="Synthetic training chips to generate when the set is absent.")
 @click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="cpu",
               show_default=True, help="Device for training and inference.")

@@ -60,9 +60,10 @@ def run_demo(
     data_dir: Path = Path("data/synthetic"),
     out_dir: Path = Path("runs/demo"),
     *,
-    count: int = 320,
+    count: int = 600,
     holdout_count: int = 48,
-    epochs: int = 12,
+    epochs: int = 30,
+    lr: float = 2e-3,
     image_size: int = 96,
     batch_size: int = 16,
     seed: int = 0,
@@ -78,6 +79,7 @@ def run_demo(
         holdout_count: Number of held-out evaluation chips (seed ``seed + 1``),
             written to ``DATA_DIR-holdout``.
         epochs: Training epochs.
+        lr: Peak AdamW learning rate.
         image_size: Network input side (pixels).
         batch_size: Chips per batch.
         seed: Seed of the data and the training run.
@@ -97,6 +99,8 @@ def run_demo(
         TrainConfig(
             data_dir=data_dir,
             epochs=epochs,
+            lr=lr,
+            pretrained=False,
             batch_size=batch_size,
             image_size=image_size,
             seed=seed,
