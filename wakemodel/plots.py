@@ -255,6 +255,30 @@ def _prediction_legend(figure: Figure, *, with_truth: bool) -> None:
                   frameon=False, fontsize="small")
 
 
+def _prediction_panel(
+    image: np.ndarray, prediction: Prediction, *, margin_in: tuple[float, float]
+) -> tuple[Figure, Axes]:
+    """One chip panel (longer side 6 inches) with the predicted keypoints and heading.
+
+    Args:
+        image: Raw grey chip float ``[H, W]``.
+        prediction: The prediction for this chip (original-image pixels).
+        margin_in: Extra (width, height) in inches for ticks, title and legend.
+
+    Returns:
+        The figure and its single axes; call inside :func:`_figure_style`.
+    """
+    height, width = image.shape
+    scale_in = 6.0 / max(width, height)
+    panel_in = (max(width * scale_in, 4.0) + margin_in[0], height * scale_in + margin_in[1])
+    figure, axes = new_figure(1, 1, panel_size_in=panel_in)
+    ax = axes[0, 0]
+    _show_chip(ax, image)
+    draw_keypoints(ax, prediction.keypoints_px, prediction.visible, predicted=True)
+    _draw_heading(ax, prediction)
+    return figure, ax
+
+
 def plot_prediction(
     image: np.ndarray, prediction: Prediction, out_path: str | os.PathLike[str]
 ) -> Path:
@@ -272,15 +296,8 @@ def plot_prediction(
     """
     if prediction.geo is not None:
         return plot_geo_prediction(image, prediction, out_path)
-    height, width = image.shape
-    scale_in = 6.0 / max(width, height)
-    panel_in = (max(width * scale_in, 4.0), height * scale_in + 1.0)
     with _figure_style():
-        figure, axes = new_figure(1, 1, panel_size_in=panel_in)
-        ax = axes[0, 0]
-        _show_chip(ax, image)
-        draw_keypoints(ax, prediction.keypoints_px, prediction.visible, predicted=True)
-        _draw_heading(ax, prediction)
+        figure, ax = _prediction_panel(image, prediction, margin_in=(0.0, 1.0))
         name = Path(prediction.source).name if prediction.source else "chip"
         ax.set_title(
             f"{name}: heading {prediction.heading_deg:.0f}°, wake "
@@ -498,15 +515,8 @@ def plot_geo_prediction(
             f"{prediction.source or 'chip'} has no geo fields; plot it with plot_prediction."
         )
     georef = location.georef
-    height, width = image.shape
-    scale_in = 6.0 / max(width, height)
-    panel_in = (max(width * scale_in, 4.0) + 1.2, height * scale_in + 1.6)
     with _figure_style():
-        figure, axes = new_figure(1, 1, panel_size_in=panel_in)
-        ax = axes[0, 0]
-        _show_chip(ax, image)
-        draw_keypoints(ax, prediction.keypoints_px, prediction.visible, predicted=True)
-        _draw_heading(ax, prediction)
+        figure, ax = _prediction_panel(image, prediction, margin_in=(1.2, 1.6))
         _draw_lonlat_ticks(ax, georef)
         _draw_north_arrow(ax, georef)
         _draw_scale_bar(ax, georef)
