@@ -92,9 +92,10 @@ def main() -> None:
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
 
-    from wakemodel.data import load_image, scan_dataset
+    from wakemodel.data import scan_dataset
     from wakemodel.export import OnnxKeypointPredictor, export_onnx
     from wakemodel.infer import find_images, load_model, predict
+    from wakemodel.preprocess import load_image
     from wakemodel.synthetic import generate_dataset
 
     work = Path(tempfile.mkdtemp(prefix="bench_infer_"))
@@ -112,8 +113,8 @@ def main() -> None:
     }
     image_size = torch_predictor.image_size
     records = scan_dataset(chips_dir)
-    images = torch.stack([load_image(r.image_path, image_size) for r in records]).float() / 255
-    images_np = images.numpy()
+    images_np = np.stack([load_image(r.image_path, image_size) for r in records])
+    images_np = images_np.astype(np.float32) / np.float32(255.0)
     batch = np.ascontiguousarray(np.resize(images_np, (args.batch, *images_np.shape[1:])))
     single = images_np[:1]
 

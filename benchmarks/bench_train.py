@@ -57,7 +57,8 @@ from wakemodel.data import WakeRecord, scan_dataset, split_records
 from wakemodel.datamodule import WakeDataModule
 from wakemodel.devices import select_device
 from wakemodel.losses import keypoint_loss
-from wakemodel.model import EfficientNetB0KeypointDetector, WakeKeypointModule
+from wakemodel.model import WakeKeypointModule
+from wakemodel.network import EfficientNetB0KeypointDetector
 from wakemodel.synthetic import generate_dataset
 
 SEED = 0

@@ -12,15 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from wakemodel import data
+from wakemodel import preprocess
 from wakemodel.data import (
     WakeDataModule,
     WakeDataset,
     WakeRecord,
-    load_image,
-    normalize_image,
-    preprocess_image,
-    read_image,
     scan_dataset,
     split_records,
 )
@@ -99,94 +95,6 @@ def test_targets_are_normalised_by_original_size(tmp_path: Path) -> None:
     torch.testing.assert_close(small["keypoints"], expected)
     torch.testing.assert_close(large["keypoints"], expected)
     torch.testing.assert_close(large["orig_size"], torch.tensor([96.0, 80.0]))
-
-
-def luminance_formats() -> dict[str, Image.Image]:
-    """The same chip in every supported storage format."""
-    grey = chip_pixels(40, 30, (25, 10))
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    alpha = np.full((30, 40, 1), 128, dtype=np.uint8)
-    return {
-        "L.png": Image.fromarray(grey),
-        "I16.png": Image.fromarray(grey.astype(np.uint16) * 257),
-        "RGB.png": Image.fromarray(rgb),
-        "RGBA.png": Image.fromarray(np.concatenate([rgb, alpha], axis=2)),
-        "L.tif": Image.fromarray(grey),
-        "I16.tiff": Image.fromarray(grey.astype(np.uint16) * 257),
-        "F.tif": Image.fromarray(grey.astype(np.float32) / 255),
-    }
-
-
-@pytest.mark.parametrize("filename", list(luminance_formats()))
-def test_every_format_gives_one_normalised_channel(tmp_path: Path, filename: str) -> None:
-    path = tmp_path / filename
-    luminance_formats()[filename].save(path)
-    raw = read_image(path)
-    assert raw.dtype == np.float32
-    assert raw.shape == (30, 40)
-    network_input = load_image(path, SIZE)
-    assert network_input.dtype == torch.uint8
-    assert network_input.shape == (1, SIZE, SIZE)
-    reference = preprocess_image(chip_pixels(40, 30, (25, 10)).astype(np.float32), SIZE)
-    assert (network_input.int() - reference.int()).abs().max() <= 1
-
-
-def test_rgb_becomes_luminance(tmp_path: Path) -> None:
-    pixels = np.zeros((2, 3, 3), dtype=np.uint8)
-    pixels[0, 0] = (255, 0, 0)
-    pixels[0, 1] = (0, 255, 0)
-    pixels[0, 2] = (0, 0, 255)
-    Image.fromarray(pixels).save(tmp_path / "rgb.png")
-    raw = read_image(tmp_path / "rgb.png")
-    np.testing.assert_allclose(raw[0], [0.299 * 255, 0.587 * 255, 0.114 * 255], rtol=1e-5)
-    np.testing.assert_array_equal(raw[1], 0)
-
-
-def test_read_image_names_unreadable_file(tmp_path: Path) -> None:
-    path = tmp_path / "broken.png"
-    path.write_bytes(b"not an image")
-    with pytest.raises(WakeModelError, match=r"broken\.png"):
-        read_image(path)
-    with pytest.raises(WakeModelError, match=r"missing\.png"):
-        read_image(tmp_path / "missing.png")
-
-
-def test_percentile_stretch_properties() -> None:
-    ramp = np.arange(1000, dtype=np.float32).reshape(20, 50)
-    low, high = np.percentile(ramp, [1.0, 99.5])
-    stretched = normalize_image(ramp)
-    assert stretched.dtype == np.float32
-    assert stretched.min() == 0.0
-    assert stretched.max() == 1.0
-    assert np.all(stretched[ramp <= low] == 0.0)
-    assert np.all(stretched[ramp >= high] == 1.0)
-    assert np.all(np.diff(stretched.ravel()) >= 0)
-    np.testing.assert_allclose(normalize_image(3.0 * ramp + 7.0), stretched, atol=1e-6)
-
-
-def test_normalize_is_nan_safe_and_handles_flat_images() -> None:
-    np.testing.assert_array_equal(normalize_image(np.full((8, 8), 42.0)), 0.0)
-    np.testing.assert_array_equal(normalize_image(np.full((8, 8), np.nan)), 0.0)
-    with_nan = np.arange(64, dtype=np.float32).reshape(8, 8)
-    with_nan[0, 0] = np.nan
-    with_nan[0, 1] = np.inf
-    result = normalize_image(with_nan)
-    assert np.isfinite(result).all()
-    assert result.min() >= 0.0
-    assert result.max() <= 1.0
-    assert result[0, 0] == 0.0
-    flat_sea = np.full((32, 32), 100.0)
-    flat_sea[5, 7] = 300.0
-    vessel = normalize_image(flat_sea)
-    assert vessel[5, 7] == 1.0
-    assert vessel.sum() == 1.0
-
-
-def test_preprocess_rejects_bad_sizes() -> None:
-    with pytest.raises(InputError, match="image_size"):
-        preprocess_image(np.zeros((4, 4)), 0)
-    with pytest.raises(InputError, match="2-D"):
-        preprocess_image(np.zeros((4, 4, 3)), SIZE)
 
 
 def test_bad_samples_are_skipped_with_one_warning_each(
@@ -388,13 +296,13 @@ def test_training_order_is_seeded(tmp_path: Path) -> None:
 def test_images_are_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_dataset(tmp_path, 8)
     calls: list[Path] = []
-    real_read_image = data.read_image
+    real_read_image = preprocess.read_image
 
     def counting_read_image(path: Path) -> np.ndarray:
         calls.append(Path(path))
         return real_read_image(path)
 
-    monkeypatch.setattr(data, "read_image", counting_read_image)
+    monkeypatch.setattr(preprocess, "read_image", counting_read_image)
     module = WakeDataModule(tmp_path, image_size=SIZE, batch_size=2, num_workers=0)
     module.setup("fit")
     module.setup("validate")
@@ -409,14 +317,14 @@ def test_image_failing_at_cache_time_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     make_dataset(tmp_path, 3)
-    real_read_image = data.read_image
+    real_read_image = preprocess.read_image
 
     def failing_read_image(path: Path) -> np.ndarray:
         if Path(path).stem == "chip_01":
             raise WakeModelError(f"Cannot read image {path}: broken")
         return real_read_image(path)
 
-    monkeypatch.setattr(data, "read_image", failing_read_image)
+    monkeypatch.setattr(preprocess, "read_image", failing_read_image)
     with caplog.at_level(logging.WARNING, logger="wakemodel.data"):
         dataset = WakeDataset(scan_dataset(tmp_path), SIZE)
     assert [r.name for r in dataset.records] == ["chip_00", "chip_02"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,26 @@ def test_infer_cli_with_onnx_matches_checkpoint_schema(
     onnx_vertex = from_onnx["predictions"][0]["keypoints"][0]
     checkpoint_vertex = from_checkpoint["predictions"][0]["keypoints"][0]
     assert onnx_vertex["x"] == pytest.approx(checkpoint_vertex["x"], abs=FP32_TOLERANCE_PX)
+
+
+def test_onnx_infer_cli_runs_without_torch(
+    onnx_models: dict[str, Path], synthetic_dir: Path
+) -> None:
+    image = find_images([synthetic_dir / "imgs"])[0]
+    code = (
+        "import sys; from wakemodel.cli import main\n"
+        "try:\n"
+        f"    main([\"infer\", {str(onnx_models['fp32'])!r}, {str(image)!r}, \"--json\", \"-\"])\n"
+        "except SystemExit as stop:\n"
+        "    assert stop.code in (0, None), stop.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stderr.strip().splitlines()[-1] == "NO-TORCH"
+    keypoints = json.loads(result.stdout)["predictions"][0]["keypoints"]
+    assert [point["name"] for point in keypoints] == ["vertex", "end_1", "end_2"]
 
 
 def _single_error_line(result: Any) -> str:

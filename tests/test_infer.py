@@ -132,7 +132,7 @@ def test_keypoints_scale_with_chip_size() -> None:
 def test_real_model_keypoints_scale_with_chip_size(
     tiny_checkpoint: Path, synthetic_dir: Path
 ) -> None:
-    from wakemodel.data import read_image
+    from wakemodel.preprocess import read_image
 
     chip = read_image(find_images([synthetic_dir / "imgs"])[0])
     doubled = np.repeat(np.repeat(chip, 2, axis=0), 2, axis=1)

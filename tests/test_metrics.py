@@ -1,8 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from wakemodel import metrics
 from wakemodel.metrics import (
     angular_error_deg,
     far_end_px,
@@ -149,3 +151,27 @@ def test_keypoint_errors_predicted_heading_uses_confident_end_when_none_visible(
         orig_size,
     )
     assert errors["heading_error_deg"].item() == pytest.approx(90.0, abs=1e-4)
+
+
+def test_geometry_gives_the_same_numbers_for_numpy_and_torch() -> None:
+    rng = np.random.default_rng(3)
+    keypoints_px = rng.uniform(0, 500, size=(64, 3, 2))
+    visibility = rng.uniform(0, 1, size=(64, 3))
+    visibility[:8, 1:] = 0.2  # no arm above threshold: the likelier one is taken
+    orig_size = rng.uniform(100, 900, size=(64, 2))
+    visible_np = metrics.predicted_visibility(visibility)
+    visible_t = metrics.predicted_visibility(torch.from_numpy(visibility))
+    assert isinstance(visible_np, np.ndarray)
+    assert visible_np.dtype == bool
+    np.testing.assert_array_equal(visible_np, visible_t.numpy())
+    assert visible_np[:8, 1:].sum(axis=1).tolist() == [1] * 8
+    keypoints_t = torch.from_numpy(keypoints_px)
+    for name in ("heading_deg", "wake_length_px", "far_end_px"):
+        function = getattr(metrics, name)
+        from_numpy = function(keypoints_px, visible_np)
+        assert isinstance(from_numpy, np.ndarray)
+        np.testing.assert_allclose(from_numpy, function(keypoints_t, visible_t).numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        metrics.to_pixels(keypoints_px / 500, orig_size),
+        metrics.to_pixels(keypoints_t / 500, torch.from_numpy(orig_size)).numpy(),
+    )

@@ -12,14 +12,13 @@ from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
 
 from wakemodel.errors import InputError, WakeModelError
 from wakemodel.losses import keypoint_loss
-from wakemodel.model import (
+from wakemodel.model import WakeKeypointModule, warmup_cosine_factor
+from wakemodel.network import (
     GREY_MEAN,
     GREY_STD,
     EfficientNetB0KeypointDetector,
     KeypointOutput,
-    WakeKeypointModule,
     soft_argmax,
-    warmup_cosine_factor,
 )
 
 IMAGE_SIZE = 32

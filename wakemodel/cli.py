@@ -241,8 +241,8 @@ def _plot_predictions(
     predictions: list[Any], plot_path: Path, *, single_file: bool
 ) -> list[Path]:
     """Save one annotated chip per prediction to ``plot_path`` (a file, or a folder)."""
-    from wakemodel.data import read_image
     from wakemodel.plots import plot_prediction
+    from wakemodel.preprocess import read_image
 
     used_names: set[str] = set()
     saved = []

@@ -1,4 +1,4 @@
-"""Wake chips: image reading and normalisation, annotation parsing, dataset and data module.
+"""Wake chips: annotation parsing, dataset scanning and splitting, the in-memory dataset.
 
 Dataset layout (Del Prete et al., Zenodo 7947694)::
 
@@ -13,10 +13,9 @@ Pixel coordinates are continuous (pixel ``(i, j)`` covers ``[i, i+1) x [j, j+1)`
 Targets are normalised by the original width and height (``x / width``,
 ``y / height``), so squashing a chip to the square network size keeps them exact.
 
-The one preprocessing path shared by training and inference is
-:func:`read_image` -> :func:`normalize_image` -> :func:`preprocess_image`
-(:func:`load_image` chains them). Training images are decoded once and kept in
-memory as ``uint8 [N, 1, S, S]``.
+Images go through the preprocessing shared with inference
+(:mod:`wakemodel.preprocess`), once: training images are kept in memory as
+``uint8 [N, 1, S, S]``.
 """
 
 from __future__ import annotations
@@ -36,143 +35,24 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from wakemodel.errors import InputError, WakeModelError
+from wakemodel.preprocess import IMAGE_ERRORS, IMAGE_EXTENSIONS, check_image_size, load_image
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
 NUM_KEYPOINTS = 3
-LOW_PERCENTILE = 1.0
-HIGH_PERCENTILE = 99.5
 SPLIT_NAMES = ("train", "val", "test")
 
 _MISSING_DATA_HINT = (
     "run `python cli.py download` (real data) or `python cli.py synth` (synthetic data) "
     "or pass the folder that holds imgs/ and annotations/"
 )
-# Errors PIL raises for missing, unknown, truncated or corrupt files.
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 Augmentation = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 ]
 """``(image float [1,S,S], keypoints_px float [3,2], visible bool [3]) -> same``."""
-
-
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a chip as raw grey values.
-
-    PNG (8-bit or 16-bit grayscale, RGB, RGBA, palette) and TIFF (8/16/32-bit
-    integer or float, single band or RGB) are supported. Colour images become
-    luminance ``0.299 R + 0.587 G + 0.114 B`` (ITU-R 601, as PIL's ``L`` mode);
-    alpha is ignored.
-
-    Args:
-        path: Image file.
-
-    Returns:
-        float32 ``[H, W]`` raw grey values (0-255 for 8-bit, 0-65535 for 16-bit).
-
-    Raises:
-        WakeModelError: The file is missing, unreadable or corrupt.
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("1", "LA", "La"):
-                image = image.convert("L")
-            elif image.mode not in ("L", "I", "F") and not image.mode.startswith("I;16"):
-                image = image.convert("RGB")
-            pixels = np.asarray(image, dtype=np.float32)
-    except _IMAGE_ERRORS as error:
-        raise WakeModelError(
-            f"Cannot read image {path}: {error or type(error).__name__}; "
-            "check that it is a PNG or TIFF file."
-        ) from error
-    if pixels.ndim == 3:
-        pixels = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    if pixels.ndim != 2 or pixels.size == 0:
-        raise WakeModelError(f"Cannot read image {path}: unsupported shape {pixels.shape}.")
-    return np.ascontiguousarray(pixels, dtype=np.float32)
-
-
-def normalize_image(image: np.ndarray) -> np.ndarray:
-    """Stretch raw grey values to [0, 1] per image (robust percentile stretch).
-
-    The 1st percentile maps to 0 and the 99.5th percentile to 1 (values beyond
-    are clipped), computed over the finite pixels. If those percentiles coincide
-    (e.g. a flat sea with one bright vessel pixel) the finite min and max are
-    used instead; a constant image becomes all zeros. NaN and inf pixels become 0.
-
-    Args:
-        image: ``[H, W]`` raw grey values, any real dtype.
-
-    Returns:
-        float32 ``[H, W]`` in [0, 1].
-    """
-    pixels = np.asarray(image, dtype=np.float64)
-    finite = np.isfinite(pixels)
-    if not finite.any():
-        return np.zeros(pixels.shape, dtype=np.float32)
-    values = pixels[finite]
-    low, high = np.percentile(values, [LOW_PERCENTILE, HIGH_PERCENTILE])
-    if high <= low:
-        low, high = values.min(), values.max()
-    if high <= low:
-        return np.zeros(pixels.shape, dtype=np.float32)
-    stretched = (np.where(finite, pixels, low) - low) / (high - low)
-    return np.clip(stretched, 0.0, 1.0).astype(np.float32)
-
-
-def _check_image_size(image_size: int) -> None:
-    """Raise InputError unless ``image_size`` is a positive integer."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise InputError(f"image_size {image_size!r}: must be a positive integer.")
-
-
-def preprocess_image(image: np.ndarray, image_size: int) -> torch.Tensor:
-    """Normalise a raw chip and resize it to the square network input.
-
-    Args:
-        image: ``[H, W]`` raw grey values (as from :func:`read_image`).
-        image_size: Network input side S (pixels).
-
-    Returns:
-        uint8 ``[1, S, S]``; the network input is this divided by 255.
-
-    Raises:
-        InputError: ``image_size`` is not positive or ``image`` is not 2-D.
-    """
-    _check_image_size(image_size)
-    if np.ndim(image) != 2:
-        raise InputError(f"image of shape {np.shape(image)}: expected a 2-D [H, W] array.")
-    normalized = torch.from_numpy(normalize_image(image))[None]
-    resized = v2.functional.resize(
-        normalized,
-        [image_size, image_size],
-        interpolation=v2.InterpolationMode.BILINEAR,
-        antialias=True,
-    )
-    return resized.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
-
-
-def load_image(path: str | os.PathLike[str], image_size: int) -> torch.Tensor:
-    """Read and preprocess a chip: :func:`read_image` then :func:`preprocess_image`.
-
-    Args:
-        path: Image file.
-        image_size: Network input side S (pixels).
-
-    Returns:
-        uint8 ``[1, S, S]``.
-
-    Raises:
-        WakeModelError: The file is unreadable.
-    """
-    return preprocess_image(read_image(path), image_size)
 
 
 @dataclass(frozen=True, eq=False)
@@ -274,7 +154,7 @@ def _image_size(image_path: Path) -> tuple[int, int]:
         with Image.open(image_path) as image:
             size = image.size
             image.verify()
-    except _IMAGE_ERRORS as error:
+    except IMAGE_ERRORS as error:
         raise _UnusableSampleError(image_path, "unreadable image") from error
     return size
 
@@ -416,7 +296,7 @@ class WakeDataset(Dataset[dict[str, torch.Tensor]]):
         self.records: list[WakeRecord] = [records[i] for i in kept]
         self.images = torch.zeros((len(kept), 1, image_size, image_size), dtype=torch.uint8)
         for row, i in enumerate(kept):
-            self.images[row] = decoded[i]
+            self.images[row] = torch.from_numpy(decoded[i])
         self.keypoints = torch.zeros((len(kept), NUM_KEYPOINTS, 2), dtype=torch.float32)
         self.visible = torch.zeros((len(kept), NUM_KEYPOINTS), dtype=torch.bool)
         self.orig_size = torch.zeros((len(kept), 2), dtype=torch.float32)
@@ -426,11 +306,11 @@ class WakeDataset(Dataset[dict[str, torch.Tensor]]):
             self.orig_size[row] = torch.tensor([record.width, record.height])
 
     @staticmethod
-    def _decode_all(records: Sequence[WakeRecord], image_size: int) -> list[torch.Tensor | None]:
+    def _decode_all(records: Sequence[WakeRecord], image_size: int) -> list[np.ndarray | None]:
         """Decode and preprocess every image once (threads: PNG inflate releases the GIL)."""
-        _check_image_size(image_size)
+        check_image_size(image_size)
 
-        def decode(record: WakeRecord) -> torch.Tensor | None:
+        def decode(record: WakeRecord) -> np.ndarray | None:
             try:
                 return load_image(record.image_path, image_size)
             except WakeModelError as error:

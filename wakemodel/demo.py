@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wakemodel._io import atomic_write_text
-from wakemodel.data import read_image
 from wakemodel.evaluate import EvaluationReport, evaluate
 from wakemodel.infer import Prediction, predict
 from wakemodel.plots import plot_prediction, plot_training_history
+from wakemodel.preprocess import read_image
 from wakemodel.synthetic import generate_dataset
 from wakemodel.train import TrainConfig, TrainResult, train
 

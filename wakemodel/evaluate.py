@@ -126,8 +126,8 @@ class EvaluationReport:
         Returns:
             The written path.
         """
-        from wakemodel.data import read_image
         from wakemodel.plots import plot_prediction_grid
+        from wakemodel.preprocess import read_image
 
         shown = min(count, len(self.predictions))
         images = [read_image(Path(p.source)) for p in self.predictions[:shown]]

@@ -3,7 +3,7 @@
 :func:`export_onnx` turns a ``train`` checkpoint into a self-contained ONNX file:
 
 - input ``images``: float32 ``[B, 1, S, S]`` in [0, 1] (``uint8`` from
-  :func:`wakemodel.data.preprocess_image` divided by 255), dynamic batch ``B``;
+  :func:`wakemodel.preprocess.preprocess_image` divided by 255), dynamic batch ``B``;
 - outputs ``keypoints``: float32 ``[B, 3, 2]`` normalised (x, y) in [0, 1], and
   ``visibility``: float32 ``[B, 3]`` probabilities in [0, 1];
 - the grey mean/std normalisation is inside the graph, and the input side S,
@@ -79,19 +79,20 @@ def _require(module_name: str) -> Any:
 
 def _metadata(image_size: int, precision: str, source: Path) -> dict[str, str]:
     """The ``metadata_props`` of an exported model (all values are strings)."""
-    from wakemodel import data, model
+    from wakemodel import network, preprocess
 
     return {
         METADATA_KEYS["image_size"]: str(image_size),
         METADATA_KEYS["input_scale"]: repr(1.0 / 255.0),
         METADATA_KEYS["preprocessing"]: (
             "grey chip -> percentile stretch "
-            f"(p{data.LOW_PERCENTILE:g} -> 0, p{data.HIGH_PERCENTILE:g} -> 1, clipped) -> "
+            f"(p{preprocess.LOW_PERCENTILE:g} -> 0, p{preprocess.HIGH_PERCENTILE:g} -> 1, "
+            "clipped) -> "
             f"antialiased bilinear resize to {image_size}x{image_size} -> uint8 -> / 255 "
-            "(wakemodel.data.preprocess_image)"
+            "(wakemodel.preprocess.preprocess_image)"
         ),
         METADATA_KEYS["normalization"]: (
-            f"inside the graph: (x - {model.GREY_MEAN}) / {model.GREY_STD}"
+            f"inside the graph: (x - {network.GREY_MEAN}) / {network.GREY_STD}"
         ),
         METADATA_KEYS["outputs"]: (
             "keypoints [B,3,2] (x, y) normalised by the original width and height, "
@@ -222,7 +223,7 @@ def export_onnx(
     predictor = load_model(checkpoint, accelerator="cpu")
     if not isinstance(predictor, TorchKeypointPredictor):
         raise InputError(f"{checkpoint}: export needs a .ckpt checkpoint written by `train`.")
-    detector = predictor.module.detector.float().to(memory_format=_contiguous_format())
+    detector = predictor.module.float().to(memory_format=_contiguous_format())
     metadata = _metadata(predictor.image_size, "int8" if int8 else "fp32", Path(checkpoint))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory(

@@ -4,10 +4,14 @@
 :class:`KeypointPredictor`, a small interface (``image_size`` and a call on a
 batch of network inputs) that other backends can implement too. ``predict``
 reads chips of any size through the same preprocessing as training
-(:func:`wakemodel.data.read_image` + :func:`wakemodel.data.preprocess_image`),
+(:mod:`wakemodel.preprocess`),
 optionally averages over the 8 dihedral transforms (test-time augmentation),
 maps the keypoints back to original-image pixels and derives the heading and
 the wake length with :mod:`wakemodel.metrics`.
+
+Only a ``.ckpt`` model (and test-time augmentation, which matches arm orders
+with :mod:`wakemodel.losses`) imports torch; an ``.onnx`` model runs with numpy,
+PIL and ONNX Runtime alone, so the ``infer`` command starts fast.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import math
 import os
 import pickle
+import sys
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,13 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 
 import numpy as np
-import torch
 
-from wakemodel import data, metrics
+from wakemodel import metrics, preprocess
 from wakemodel.errors import InputError, WakeModelError
-from wakemodel.losses import match_arm_order, permute_slots
 
 if TYPE_CHECKING:
+    import torch
+
     from wakemodel.georef import GeoLocation
 
 logger = logging.getLogger(__name__)
@@ -66,10 +71,11 @@ class KeypointPredictor(Protocol):
 
 
 class TorchKeypointPredictor:
-    """A :class:`KeypointPredictor` running a ``WakeKeypointModule`` with torch.
+    """A :class:`KeypointPredictor` running the network with torch.
 
     Args:
-        module: The network; its forward returns a ``KeypointOutput``
+        module: An ``EfficientNetB0KeypointDetector`` (as :func:`load_model`
+            builds it) or a ``WakeKeypointModule``; its forward returns a ``KeypointOutput``
             ``(keypoints [B,3,2] normalised, visibility_logits [B,3])``.
         image_size: Side S (pixels) of the square network input.
         device: Device the module lives on and inputs are sent to.
@@ -82,6 +88,8 @@ class TorchKeypointPredictor:
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predict normalised keypoints ``[B,3,2]`` and visibility probabilities ``[B,3]``."""
+        import torch
+
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
         with torch.inference_mode():
             keypoints, visibility_logits = self.module(batch)
@@ -195,8 +203,10 @@ def load_model(path: str | os.PathLike[str], accelerator: str = "auto") -> Keypo
         from wakemodel.export import OnnxKeypointPredictor
 
         return OnnxKeypointPredictor(path)
+    import torch
+
     from wakemodel.devices import select_device
-    from wakemodel.model import WakeKeypointModule
+    from wakemodel.network import detector_from_checkpoint
 
     checkpoint_path = Path(path)
     if not checkpoint_path.is_file():
@@ -210,9 +220,9 @@ def load_model(path: str | os.PathLike[str], accelerator: str = "auto") -> Keypo
         )
     device = torch.device(select_device(accelerator).accelerator)
     try:
-        module = WakeKeypointModule.load_from_checkpoint(
-            checkpoint_path, map_location=device, pretrained=False
-        )
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        image_size = checkpoint["hyper_parameters"].get("image_size")
+        detector = detector_from_checkpoint(checkpoint)
     except pickle.UnpicklingError as exc:
         raise WakeModelError(
             f"{checkpoint_path} holds Python objects that safe loading (weights_only) refuses; "
@@ -229,14 +239,13 @@ def load_model(path: str | os.PathLike[str], accelerator: str = "auto") -> Keypo
             f"{checkpoint_path} does not hold a wakemodel network ({detail}); "
             "pass a .ckpt file written by `train`."
         ) from exc
-    image_size = getattr(module.hparams, "image_size", None)
     if not isinstance(image_size, int) or image_size <= 0:
         raise WakeModelError(
             f"{checkpoint_path} has no valid `image_size` hyperparameter; "
             "pass a .ckpt file written by `train`."
         )
     logger.debug("Loaded %s (image size %d) on %s", checkpoint_path, image_size, device)
-    return TorchKeypointPredictor(module.to(device), image_size, device)
+    return TorchKeypointPredictor(detector, image_size, device)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -260,17 +269,18 @@ def as_predictor(
     """
     if isinstance(model, (str, os.PathLike)):
         return load_model(model, accelerator=accelerator)
-    if isinstance(model, torch.nn.Module):
+    if isinstance(model, KeypointPredictor):
+        return model
+    torch_module = sys.modules.get("torch")  # a torch module exists only if torch was imported
+    if torch_module is not None and isinstance(model, torch_module.nn.Module):
         image_size = int(model.hparams.image_size)
         device = next(model.parameters()).device
         return TorchKeypointPredictor(model, image_size, device)
-    if isinstance(model, KeypointPredictor):
-        return model
     raise InputError(f"Cannot predict with a {type(model).__name__}; pass a checkpoint path.")
 
 
 def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Expand folders into their image files (``data.IMAGE_EXTENSIONS``, sorted by name).
+    """Expand folders into their image files (``preprocess.IMAGE_EXTENSIONS``, sorted by name).
 
     Args:
         inputs: Image files and/or folders. Files are kept as given, whatever
@@ -285,10 +295,12 @@ def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in data.IMAGE_EXTENSIONS)
+            found = sorted(
+                p for p in item.iterdir() if p.suffix.lower() in preprocess.IMAGE_EXTENSIONS
+            )
             if not found:
                 raise WakeModelError(
-                    f"No images ({', '.join(data.IMAGE_EXTENSIONS)}) in folder {item}; "
+                    f"No images ({', '.join(preprocess.IMAGE_EXTENSIONS)}) in folder {item}; "
                     "pass image files or a folder of them."
                 )
             paths.extend(found)
@@ -303,13 +315,13 @@ def _read(item: ImageInput) -> tuple[str | None, np.ndarray]:
         if item.ndim != 2 or min(item.shape) < 1:
             raise InputError(
                 f"Image arrays must be 2-D grey [H, W], got shape {item.shape}; "
-                "convert colour chips with wakemodel.data.read_image."
+                "convert colour chips with wakemodel.preprocess.read_image."
             )
         return None, item.astype(np.float32, copy=False)
     path = Path(item)
     if not path.is_file():
         raise WakeModelError(f"Image not found: {path}; check the path.")
-    return str(path), data.read_image(path)
+    return str(path), preprocess.read_image(path)
 
 
 def dihedral_transforms() -> list[tuple[bool, bool, bool]]:
@@ -359,7 +371,7 @@ def untransform_keypoints(keypoints: np.ndarray, transform: tuple[bool, bool, bo
 
 def _as_numpy(value: Any) -> np.ndarray:
     """A float64 numpy copy of a numpy array or torch tensor."""
-    if isinstance(value, torch.Tensor):
+    if hasattr(value, "detach"):
         value = value.detach().float().cpu().numpy()
     return np.asarray(value, dtype=np.float64)
 
@@ -391,6 +403,10 @@ def predict_batch(
     """
     if not tta:
         return _run(predictor, images)
+    import torch
+
+    from wakemodel.losses import match_arm_order, permute_slots
+
     reference, reference_visibility = _run(predictor, images)
     reference_t = torch.from_numpy(reference)
     all_slots = torch.ones(reference.shape[:-1], dtype=torch.bool)
@@ -452,7 +468,7 @@ def predict(
     for chunk in _chunks(items, batch_size):
         sources: list[str | None] = []
         sizes: list[tuple[int, int]] = []
-        inputs: list[torch.Tensor] = []
+        inputs: list[np.ndarray] = []
         for item in chunk:
             try:
                 source, raw = _read(item)
@@ -463,10 +479,10 @@ def predict(
                 continue
             sources.append(source)
             sizes.append((raw.shape[1], raw.shape[0]))
-            inputs.append(data.preprocess_image(raw, predictor.image_size))
+            inputs.append(preprocess.preprocess_image(raw, predictor.image_size))
         if not inputs:
             continue
-        batch = torch.stack(inputs).float().div(255.0).numpy()
+        batch = np.stack(inputs).astype(np.float32) / np.float32(255.0)
         keypoints_norm, visibility = predict_batch(predictor, batch, tta=tta)
         predictions.extend(_to_predictions(sources, sizes, keypoints_norm, visibility, gsd_m))
     return predictions
@@ -480,18 +496,17 @@ def _to_predictions(
     gsd_m: float,
 ) -> list[Prediction]:
     """Build predictions from normalised keypoints ``[B,3,2]`` and probabilities ``[B,3]``."""
-    orig_size = torch.tensor(sizes, dtype=torch.float64)
-    visible = metrics.predicted_visibility(torch.from_numpy(visibility)).numpy()
-    keypoints_px = metrics.to_pixels(torch.from_numpy(keypoints_norm), orig_size)
-    visible_t = torch.from_numpy(visible)
-    heading = metrics.heading_deg(keypoints_px, visible_t).numpy()
-    length_px = metrics.wake_length_px(keypoints_px, visible_t).numpy()
+    orig_size = np.array(sizes, dtype=np.float64)
+    visible = metrics.predicted_visibility(visibility)
+    keypoints_px = metrics.to_pixels(keypoints_norm, orig_size)
+    heading = metrics.heading_deg(keypoints_px, visible)
+    length_px = metrics.wake_length_px(keypoints_px, visible)
     return [
         Prediction(
             source=source,
             width=width,
             height=height,
-            keypoints_px=keypoints_px[i].numpy(),
+            keypoints_px=keypoints_px[i],
             visible=visible[i],
             visibility=visibility[i],
             heading_deg=float(heading[i]),

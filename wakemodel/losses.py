@@ -171,7 +171,7 @@ def heatmap_loss(
     """Cross-entropy between softmax heatmaps and Gaussians at the visible targets.
 
     The heatmap cells lie evenly over [0, 1] as in
-    :func:`wakemodel.model.soft_argmax`. Align the target's arm order with the
+    :func:`wakemodel.network.soft_argmax`. Align the target's arm order with the
     prediction first (:func:`match_arm_order`, :func:`permute_slots`).
 
     Args:

@@ -1,28 +1,55 @@
-"""Keypoint metrics: vertex error, heading, wake length and PCK (plain torch).
+"""Keypoint metrics: vertex error, heading, wake length and PCK.
 
-All functions take keypoints ``[..., 3, 2]`` as (x, y) with slot 0 = wake
-vertex and slots 1, 2 = far ends (order meaningless), plus a bool ``visible``
-mask ``[..., 3]``; invisible slots are never read. Pixel coordinates are in the
-ORIGINAL chip (x right, y down). Headings are compass bearings in degrees
-[0, 360): north = image up, east = image right, clockwise, from the far-end
-point towards the vertex. :func:`keypoint_errors` is the single entry point used
-by the Lightning module and by the evaluation.
+The geometry functions take numpy arrays or torch tensors alike and return the
+same kind (ONNX inference uses them without importing torch); :func:`pck` and
+:func:`keypoint_errors` take torch tensors. All functions take keypoints
+``[..., 3, 2]`` as (x, y) with slot 0 = wake vertex and slots 1, 2 = far ends
+(order meaningless), plus a bool ``visible`` mask ``[..., 3]``; invisible slots
+are never read. Pixel coordinates are in the ORIGINAL chip (x right, y down).
+Headings are compass bearings in degrees [0, 360): north = image up, east =
+image right, clockwise, from the far-end point towards the vertex.
+:func:`keypoint_errors` is the single entry point used by the Lightning module
+and by the evaluation.
 """
 
 from __future__ import annotations
 
 import math
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from wakemodel.losses import match_arm_order, permute_slots
+if TYPE_CHECKING:
+    from torch import Tensor
 
 DEFAULT_GSD_M = 10.0
 PCK_THRESHOLD = 0.05
 
+Array = TypeVar("Array", np.ndarray, "Tensor")
+"""A numpy array or a torch tensor; functions return the kind they are given."""
 
-def to_pixels(keypoints_norm: Tensor, orig_size: Tensor) -> Tensor:
+
+def _namespace(array: Any) -> ModuleType:
+    """``torch`` for a torch tensor, else ``numpy`` (the functions used exist in both)."""
+    if type(array).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    return np
+
+
+def _cast(values: Array, like: Array) -> Array:
+    """``values`` with the dtype of ``like`` (same kind of array, same device)."""
+    return _namespace(values).asarray(values, dtype=like.dtype)
+
+
+def _length(delta: Array) -> Array:
+    """Euclidean length of ``[..., 2]`` vectors, ``[...]``."""
+    return _namespace(delta).hypot(delta[..., 0], delta[..., 1])
+
+
+def to_pixels(keypoints_norm: Array, orig_size: Array) -> Array:
     """Map normalised keypoints to pixels of the original chip.
 
     Args:
@@ -32,10 +59,10 @@ def to_pixels(keypoints_norm: Tensor, orig_size: Tensor) -> Tensor:
     Returns:
         ``[..., K, 2]`` keypoints in original pixels.
     """
-    return keypoints_norm * orig_size.unsqueeze(-2).to(keypoints_norm.dtype)
+    return keypoints_norm * _cast(orig_size, keypoints_norm)[..., None, :]
 
 
-def far_end_px(keypoints_px: Tensor, visible: Tensor) -> Tensor:
+def far_end_px(keypoints_px: Array, visible: Array) -> Array:
     """Mean of the visible far-end keypoints (slots 1 and 2).
 
     Args:
@@ -45,15 +72,16 @@ def far_end_px(keypoints_px: Tensor, visible: Tensor) -> Tensor:
     Returns:
         ``[..., 2]`` far-end point in pixels; NaN where no far end is visible.
     """
+    xp = _namespace(keypoints_px)
     ends = keypoints_px[..., 1:, :]
-    ends_visible = visible[..., 1:].unsqueeze(-1)
-    total = torch.where(ends_visible, ends, torch.zeros_like(ends)).sum(dim=-2)
-    count = ends_visible.sum(dim=-2).to(keypoints_px.dtype)
-    mean = total / count.clamp(min=1)
-    return torch.where(count > 0, mean, torch.full_like(mean, math.nan))
+    ends_visible = visible[..., 1:, None]
+    total = xp.where(ends_visible, ends, 0.0).sum(-2)
+    count = _cast(ends_visible.sum(-2), keypoints_px)
+    mean = total / xp.clip(count, 1, None)
+    return xp.where(count > 0, mean, math.nan)
 
 
-def heading_deg(keypoints_px: Tensor, visible: Tensor) -> Tensor:
+def heading_deg(keypoints_px: Array, visible: Array) -> Array:
     """Compass bearing from the far-end point towards the vertex.
 
     Args:
@@ -64,12 +92,13 @@ def heading_deg(keypoints_px: Tensor, visible: Tensor) -> Tensor:
         ``[...]`` heading in degrees [0, 360), 0 = north (image up), 90 = east;
         NaN where no far end is visible.
     """
+    xp = _namespace(keypoints_px)
     delta = keypoints_px[..., 0, :] - far_end_px(keypoints_px, visible)
-    bearing = torch.rad2deg(torch.atan2(delta[..., 0], -delta[..., 1]))
-    return torch.remainder(bearing, 360.0)
+    bearing = xp.rad2deg(xp.arctan2(delta[..., 0], -delta[..., 1]))
+    return xp.remainder(bearing, 360.0)
 
 
-def angular_error_deg(a: Tensor, b: Tensor) -> Tensor:
+def angular_error_deg(a: Array, b: Array) -> Array:
     """Smallest absolute difference between two bearings.
 
     Args:
@@ -79,10 +108,11 @@ def angular_error_deg(a: Tensor, b: Tensor) -> Tensor:
     Returns:
         ``[...]`` absolute angular difference in degrees [0, 180].
     """
-    return torch.abs(torch.remainder(a - b + 180.0, 360.0) - 180.0)
+    xp = _namespace(a)
+    return xp.abs(xp.remainder(a - b + 180.0, 360.0) - 180.0)
 
 
-def wake_length_px(keypoints_px: Tensor, visible: Tensor) -> Tensor:
+def wake_length_px(keypoints_px: Array, visible: Array) -> Array:
     """Distance from the vertex to the far-end point.
 
     Args:
@@ -92,12 +122,10 @@ def wake_length_px(keypoints_px: Tensor, visible: Tensor) -> Tensor:
     Returns:
         ``[...]`` wake length in pixels; NaN where no far end is visible.
     """
-    return torch.linalg.vector_norm(
-        keypoints_px[..., 0, :] - far_end_px(keypoints_px, visible), dim=-1
-    )
+    return _length(keypoints_px[..., 0, :] - far_end_px(keypoints_px, visible))
 
 
-def vertex_error_px(pred_px: Tensor, target_px: Tensor) -> Tensor:
+def vertex_error_px(pred_px: Array, target_px: Array) -> Array:
     """Euclidean distance between predicted and target vertex (slot 0).
 
     Args:
@@ -107,7 +135,7 @@ def vertex_error_px(pred_px: Tensor, target_px: Tensor) -> Tensor:
     Returns:
         ``[...]`` vertex error in pixels.
     """
-    return torch.linalg.vector_norm(pred_px[..., 0, :] - target_px[..., 0, :], dim=-1)
+    return _length(pred_px[..., 0, :] - target_px[..., 0, :])
 
 
 def pck(
@@ -133,17 +161,21 @@ def pck(
         ``[...]`` fraction in [0, 1] of the visible target keypoints that are
         correct; NaN where no keypoint is visible.
     """
+    import torch
+
+    from wakemodel.losses import match_arm_order, permute_slots
+
     order = match_arm_order(pred_px, target_px, visible)
     target_px = permute_slots(target_px, order)
     visible = permute_slots(visible, order)
-    distance = torch.linalg.vector_norm(pred_px - target_px, dim=-1)
+    distance = _length(pred_px - target_px)
     correct = (distance <= threshold * diagonal_px.unsqueeze(-1)) & visible
     count = visible.sum(dim=-1).to(pred_px.dtype)
     fraction = correct.sum(dim=-1).to(pred_px.dtype) / count.clamp(min=1)
-    return torch.where(count > 0, fraction, torch.full_like(fraction, math.nan))
+    return torch.where(count > 0, fraction, math.nan)
 
 
-def predicted_visibility(visibility_prob: Tensor, threshold: float = 0.5) -> Tensor:
+def predicted_visibility(visibility_prob: Array, threshold: float = 0.5) -> Array:
     """Turn predicted visibility probabilities into a mask with at least one far end.
 
     The vertex (slot 0) is always visible; a far end is visible when its
@@ -156,12 +188,14 @@ def predicted_visibility(visibility_prob: Tensor, threshold: float = 0.5) -> Ten
     Returns:
         Bool ``[..., 3]`` visibility mask.
     """
-    arm_prob = visibility_prob[..., 1:].float()
+    xp = _namespace(visibility_prob)
+    arm_prob = xp.asarray(visibility_prob[..., 1:], dtype=xp.float32)
     arms = arm_prob > threshold
-    best_arm = torch.nn.functional.one_hot(arm_prob.argmax(dim=-1), num_classes=2).bool()
-    arms = torch.where(arms.any(dim=-1, keepdim=True), arms, best_arm)
-    vertex = torch.ones_like(arms[..., :1])
-    return torch.cat([vertex, arms], dim=-1)
+    best = arm_prob.argmax(-1)
+    best_arm = xp.stack([best == 0, best == 1], -1)
+    arms = xp.where(arms.any(-1)[..., None], arms, best_arm)
+    vertex = xp.ones_like(arms[..., :1])
+    return xp.concatenate([vertex, arms], -1)
 
 
 def keypoint_errors(
@@ -199,7 +233,7 @@ def keypoint_errors(
     vertex_px = vertex_error_px(pred_px, target_px)
     pred_heading = heading_deg(pred_px, predicted_visibility(pred_visible))
     target_heading = heading_deg(target_px, target_visible)
-    diagonal_px = torch.linalg.vector_norm(orig_size, dim=-1)
+    diagonal_px = _length(orig_size)
     return {
         "vertex_error_px": vertex_px,
         "vertex_error_m": vertex_px * gsd_m,

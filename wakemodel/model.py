@@ -1,292 +1,36 @@
-"""EfficientNet-B0 keypoint detector and its Lightning module.
+"""Lightning module training the wake keypoint detector.
 
-:class:`EfficientNetB0KeypointDetector` is a torchvision EfficientNet-B0 with a
-1-channel stem and a head that regresses 3 keypoints (normalised x, y in
-[0, 1]) plus one visibility logit per keypoint. The keypoints come from
-integral regression (a soft-argmax over stride-8 heatmaps of a small feature
-pyramid), which keeps the spatial layout that global pooling would discard and
-learns far faster than a fully connected regressor. The grey ImageNet normalisation
-lives inside the network (buffers), so checkpoints and ONNX exports carry it.
-
-:class:`WakeKeypointModule` trains it with :func:`wakemodel.losses.keypoint_loss`
-(AdamW, per-step linear warm-up + cosine decay) and logs the metrics of
+:class:`WakeKeypointModule` wraps :class:`wakemodel.network.EfficientNetB0KeypointDetector`
+and trains it with :func:`wakemodel.losses.keypoint_loss` (AdamW, per-step linear
+warm-up + cosine decay); it logs the metrics of
 :func:`wakemodel.metrics.keypoint_errors` per epoch under ``val/`` and ``test/``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import http.client
-import io
-import logging
 import math
-import socket
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.aggregation import CatMetric
-from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
 
-from wakemodel.errors import InputError, WakeModelError
+from wakemodel.errors import InputError
 from wakemodel.losses import heatmap_loss, keypoint_loss, match_arm_order, permute_slots
 from wakemodel.metrics import DEFAULT_GSD_M, keypoint_errors
+from wakemodel.network import (
+    NUM_KEYPOINTS,
+    EfficientNetB0KeypointDetector,
+    KeypointOutput,
+    soft_argmax,
+)
 
-logger = logging.getLogger(__name__)
-
-NUM_KEYPOINTS = 3
-GREY_MEAN = 0.449
-GREY_STD = 0.226
-DOWNLOAD_TIMEOUT_S = 10.0
-FEATURE_CHANNELS = 1280
 MEDIAN_METRICS = ("vertex_error_px", "vertex_error_m", "vertex_error_frac", "heading_error_deg")
 PCK_LOG_NAME = "pck@0.05"
-
-
-class KeypointOutput(NamedTuple):
-    """Network output.
-
-    Attributes:
-        keypoints: ``[B, 3, 2]`` normalised (x, y) in [0, 1] (soft-argmax of heatmaps).
-        visibility_logits: ``[B, 3]`` visibility logits (sigmoid gives probabilities).
-    """
-
-    keypoints: Tensor
-    visibility_logits: Tensor
-
-
-def _download_imagenet_state_dict() -> dict[str, Tensor] | None:
-    """Fetch torchvision's ImageNet EfficientNet-B0 weights, or None when offline.
-
-    Uses the torch hub cache when the file is already there. Network failures
-    are logged as one warning line, never raised; the socket timeout is short
-    so an unreachable host cannot hang training.
-
-    Returns:
-        The torchvision ``efficientnet_b0`` state dict, or None if unavailable.
-    """
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return EfficientNet_B0_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-    except (OSError, RuntimeError, http.client.HTTPException) as error:
-        reason = " ".join(str(error).split())
-        logger.warning(
-            "Could not download the ImageNet EfficientNet-B0 weights (%s); training starts "
-            "from random weights. Supply a torchvision efficientnet_b0 state dict with "
-            "--weights PATH.",
-            reason,
-        )
-        return None
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
-
-
-def _load_weights_file(weights_path: str | Path) -> dict[str, Tensor]:
-    """Read a torchvision ``efficientnet_b0`` state dict from a local file.
-
-    Args:
-        weights_path: Path to a ``.pth`` file saved with ``torch.save(model.state_dict())``.
-
-    Returns:
-        The state dict.
-
-    Raises:
-        WakeModelError: If the file is missing or not a readable state dict.
-    """
-    path = Path(weights_path)
-    if not path.is_file():
-        raise WakeModelError(
-            f"weights file not found: {path}; pass a torchvision efficientnet_b0 state dict (.pth)"
-        )
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise WakeModelError(
-            f"cannot read weights file {path} ({type(error).__name__}); "
-            "pass a torchvision efficientnet_b0 state dict saved with torch.save"
-        ) from error
-    if not isinstance(state_dict, Mapping):
-        raise WakeModelError(
-            f"weights file {path} holds a {type(state_dict).__name__}, not a state dict; "
-            "save it with torch.save(model.state_dict(), PATH)"
-        )
-    return dict(state_dict)
-
-
-class EfficientNetB0KeypointDetector(nn.Module):
-    """EfficientNet-B0 regressing wake keypoints from a grey chip.
-
-    With pretrained weights (a local ``weights_path``, or the torchvision
-    ImageNet download when ``pretrained``), the RGB stem kernels are summed into
-    one input channel, so a grey image gives the stem output the RGB network
-    gives on that image repeated over 3 channels. Offline, the download fails
-    with one logged warning and the network starts from random weights.
-
-    Args:
-        num_keypoints: Number of keypoint slots; must be 3 (vertex + 2 far ends).
-        pretrained: Try to download torchvision's ImageNet weights.
-        weights_path: Local torchvision ``efficientnet_b0`` state dict; takes
-            precedence over (and implies) ``pretrained``.
-        dropout: Dropout probability before the visibility head.
-
-    Raises:
-        InputError: If ``num_keypoints`` is not 3.
-        WakeModelError: If ``weights_path`` is missing or unreadable.
-    """
-
-    def __init__(
-        self,
-        num_keypoints: int = NUM_KEYPOINTS,
-        pretrained: bool = False,
-        weights_path: str | Path | None = None,
-        dropout: float = 0.2,
-    ) -> None:
-        super().__init__()
-        if num_keypoints != NUM_KEYPOINTS:
-            raise InputError(
-                f"num_keypoints={num_keypoints} is not supported; use {NUM_KEYPOINTS} "
-                "(vertex + two far ends)"
-            )
-        self.num_keypoints = num_keypoints
-        backbone = efficientnet_b0(weights=None)
-        if weights_path is not None:
-            state_dict = _load_weights_file(weights_path)
-        elif pretrained:
-            state_dict = _download_imagenet_state_dict()
-        else:
-            state_dict = None
-        if state_dict is not None:
-            try:
-                backbone.load_state_dict(state_dict)
-            except RuntimeError as error:
-                raise WakeModelError(
-                    f"weights {weights_path or 'download'} do not match torchvision "
-                    "efficientnet_b0; pass an efficientnet_b0 state dict"
-                ) from error
-        rgb_stem = backbone.features[0][0]
-        grey_stem = nn.Conv2d(
-            1,
-            rgb_stem.out_channels,
-            kernel_size=rgb_stem.kernel_size,
-            stride=rgb_stem.stride,
-            padding=rgb_stem.padding,
-            bias=False,
-        )
-        with torch.no_grad():
-            grey_stem.weight.copy_(rgb_stem.weight.sum(dim=1, keepdim=True))
-        backbone.features[0][0] = grey_stem
-        self.features = backbone.features
-        self.decoder = _HeatmapDecoder(num_keypoints)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.visibility_head = nn.Linear(FEATURE_CHANNELS, num_keypoints)
-        nn.init.normal_(self.visibility_head.weight, std=0.01)
-        nn.init.zeros_(self.visibility_head.bias)
-        self.register_buffer("mean", torch.tensor(GREY_MEAN).reshape(1, 1, 1, 1))
-        self.register_buffer("std", torch.tensor(GREY_STD).reshape(1, 1, 1, 1))
-
-    def forward(self, images: Tensor) -> KeypointOutput:
-        """Predict keypoints and visibility logits.
-
-        Args:
-            images: Float ``[B, 1, S, S]`` grey chips in [0, 1] (any memory format).
-
-        Returns:
-            :class:`KeypointOutput` with keypoints ``[B, 3, 2]`` in [0, 1] and
-            visibility logits ``[B, 3]``.
-        """
-        heatmap_logits, visibility_logits = self.heatmaps(images)
-        return KeypointOutput(soft_argmax(heatmap_logits), visibility_logits)
-
-    def heatmaps(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Keypoint heatmap logits and visibility logits (what ``forward`` is built on).
-
-        Args:
-            images: Float ``[B, 1, S, S]`` grey chips in [0, 1].
-
-        Returns:
-            Heatmap logits ``[B, 3, S/8, S/8]`` (rounded up) and visibility logits ``[B, 3]``.
-        """
-        features = (images - self.mean) / self.std
-        pyramid: list[Tensor] = []
-        for index, stage in enumerate(self.features):
-            features = stage(features)
-            if index in PYRAMID_STAGES:
-                pyramid.append(features)
-        pooled = self.pool(features).flatten(1)
-        return self.decoder(pyramid), self.visibility_head(self.dropout(pooled))
-
-
-PYRAMID_STAGES = (3, 5, 8)
-"""EfficientNet-B0 ``features`` stages feeding the decoder: strides 8, 16, 32."""
-PYRAMID_CHANNELS = (40, 112, FEATURE_CHANNELS)
-DECODER_CHANNELS = 96
-
-
-class _HeatmapDecoder(nn.Module):
-    """A small top-down feature pyramid giving one heatmap per keypoint at stride 8.
-
-    Args:
-        num_keypoints: Number of heatmaps.
-    """
-
-    def __init__(self, num_keypoints: int) -> None:
-        super().__init__()
-        self.lateral = nn.ModuleList(
-            nn.Conv2d(channels, DECODER_CHANNELS, kernel_size=1) for channels in PYRAMID_CHANNELS
-        )
-        self.fuse = nn.Sequential(
-            nn.Conv2d(DECODER_CHANNELS, DECODER_CHANNELS, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(DECODER_CHANNELS),
-            nn.SiLU(inplace=True),
-            nn.Conv2d(DECODER_CHANNELS, num_keypoints, kernel_size=1),
-        )
-
-    def forward(self, pyramid: list[Tensor]) -> Tensor:
-        """Fuse stride-8/16/32 features top-down into heatmap logits.
-
-        Args:
-            pyramid: Feature maps ``[B, C_i, H_i, W_i]`` from fine to coarse.
-
-        Returns:
-            Heatmap logits ``[B, K, H_0, W_0]`` at the finest level (stride 8).
-        """
-        fused = self.lateral[-1](pyramid[-1])
-        for level in range(len(pyramid) - 2, -1, -1):
-            finer = self.lateral[level](pyramid[level])
-            fused = finer + nn.functional.interpolate(
-                fused, size=finer.shape[-2:], mode="bilinear", align_corners=False
-            )
-        return self.fuse(fused)
-
-
-def soft_argmax(heatmap_logits: Tensor) -> Tensor:
-    """Differentiable arg-max (integral regression) of heatmaps in normalised coordinates.
-
-    Each heatmap is a softmax over its cells; the keypoint is the expected
-    position with cell coordinates spread evenly over [0, 1] (first cell 0,
-    last cell 1), so chip borders are reachable.
-
-    Args:
-        heatmap_logits: ``[B, K, H, W]`` logits.
-
-    Returns:
-        ``[B, K, 2]`` normalised (x, y) in [0, 1].
-    """
-    height, width = heatmap_logits.shape[-2:]
-    probabilities = heatmap_logits.flatten(2).softmax(dim=-1).unflatten(2, (height, width))
-    xs = torch.linspace(0.0, 1.0, width, dtype=probabilities.dtype, device=probabilities.device)
-    ys = torch.linspace(0.0, 1.0, height, dtype=probabilities.dtype, device=probabilities.device)
-    x = (probabilities.sum(dim=2) * xs).sum(dim=-1)
-    y = (probabilities.sum(dim=3) * ys).sum(dim=-1)
-    return torch.stack((x, y), dim=-1)
 
 
 def warmup_cosine_factor(

@@ -165,8 +165,9 @@ def plot_dataset_grid(
     """
     import torch
 
-    from wakemodel.data import normalize_image, read_image, scan_dataset
+    from wakemodel.data import scan_dataset
     from wakemodel.metrics import heading_deg
+    from wakemodel.preprocess import normalize_image, read_image
 
     if count < 1 or columns < 1:
         raise InputError(f"count ({count}) and columns ({columns}) must be at least 1.")
@@ -206,7 +207,7 @@ def plot_dataset_grid(
 
 def _show_chip(ax: Axes, image: np.ndarray) -> None:
     """Show a raw grey chip ``[H, W]`` stretched to [0, 1], in pixel units (y down), no ticks."""
-    from wakemodel.data import normalize_image
+    from wakemodel.preprocess import normalize_image
 
     height, width = image.shape
     ax.imshow(normalize_image(image), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
@@ -285,7 +286,7 @@ def plot_prediction(
     """Plot one chip with its predicted keypoints, wake axis and heading arrow.
 
     Args:
-        image: Raw grey chip float ``[H, W]`` (as from :func:`wakemodel.data.read_image`).
+        image: Raw grey chip float ``[H, W]`` (as from :func:`wakemodel.preprocess.read_image`).
         prediction: The prediction for this chip (original-image pixels).
         out_path: Output image file.
 
@@ -497,7 +498,7 @@ def plot_geo_prediction(
     and distance.
 
     Args:
-        image: Raw grey chip float ``[H, W]`` (as from :func:`wakemodel.data.read_image`).
+        image: Raw grey chip float ``[H, W]`` (as from :func:`wakemodel.preprocess.read_image`).
         prediction: The prediction, with ``geo`` set by
             :func:`wakemodel.georef.geolocate_predictions`.
         out_path: Output image file.
