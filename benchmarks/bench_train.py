@@ -7,11 +7,15 @@ with the same loss, AdamW and per-sample augmentation
 (a) ``reference``: the public reference implementation's style - every step
     decodes each PNG and resizes it (PIL), one DataLoader worker, plain fp32
     eager PyTorch in the default (channels-first) memory format.
-(b) ``package``: :class:`wakemodel.data.WakeDataModule` (chips decoded once and
-    kept in memory as uint8 at network size, workers chosen for the core count,
+(b) ``package``: :class:`wakemodel.datamodule.WakeDataModule` (chips decoded once
+    and kept in memory as uint8 at network size, workers chosen for the core count,
     pinned memory on CUDA) + :class:`wakemodel.model.WakeKeypointModule`
     (channels-last) under ``pytorch_lightning.Trainer``, same precision as (a)
-    on the CPU (``--precision``; the package default elsewhere).
+    on the CPU (``--precision``; the package default elsewhere). Augmentation runs
+    where ``train --augment-on auto`` puts it: per chip in the loader workers on
+    the CPU, per batch on the device (:class:`wakemodel.augment.BatchWakeAugmentation`)
+    on CUDA/MPS. ``--augment-on both`` measures the two placements side by side
+    (``package/workers`` and ``package/device``).
 (c) with ``--compile``: (b) with ``torch.compile``.
 
 For every batch size and image size, the variants run in turn (a, b, a, b ...)
@@ -60,6 +64,7 @@ from wakemodel.losses import keypoint_loss
 from wakemodel.model import WakeKeypointModule
 from wakemodel.network import EfficientNetB0KeypointDetector
 from wakemodel.synthetic import generate_dataset
+from wakemodel.train import wants_device_augmentation
 
 SEED = 0
 LR = 1e-3
@@ -79,6 +84,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", default="32",
                         help="Precision of (b) and (c); (a) is always fp32 ('default': package "
                         "default for the device).")
+    parser.add_argument("--augment-on", choices=["auto", "workers", "device", "both"],
+                        default="auto", help="Where (b) augments (both: two variants).")
     parser.add_argument("--compile", action="store_true", help="Also measure (c) torch.compile.")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch intra-op threads (default: usable cores).")
@@ -183,14 +190,17 @@ class PackageRunner:
     """``WakeDataModule`` + ``WakeKeypointModule`` under a Lightning Trainer."""
 
     def __init__(self, data_dir: Path, image_size: int, batch_size: int, accelerator: str,
-                 precision: str | None, compile_model: bool = False) -> None:
+                 precision: str | None, augment_on: str = "auto",
+                 compile_model: bool = False) -> None:
+        self.device = select_device(accelerator, precision)
+        self.augment_on_device = wants_device_augmentation(augment_on, self.device.accelerator)
         self.datamodule = WakeDataModule(data_dir, image_size=image_size, batch_size=batch_size,
-                                         seed=SEED, augment=True)
+                                         seed=SEED, augment=True,
+                                         augment_on_device=self.augment_on_device)
         start = time.perf_counter()
         self.datamodule.setup("fit")
         self.setup_s = time.perf_counter() - start
         self.image_size = image_size
-        self.device = select_device(accelerator, precision)
         self.compile_model = compile_model
 
     def run(self, steps: int) -> tuple[list[float], list[float]]:
@@ -275,13 +285,16 @@ def main() -> None:
     for image_size in args.image_sizes:
         for batch_size in args.batch_sizes:
             runners: dict[str, Any] = {
-                "reference": ReferenceRunner(train_records, image_size, batch_size, device),
-                "package": PackageRunner(data_dir, image_size, batch_size, args.accelerator,
-                                         precision),
-            }
+                "reference": ReferenceRunner(train_records, image_size, batch_size, device)}
+            places = ["workers", "device"] if args.augment_on == "both" else [args.augment_on]
+            for place in places:
+                name = f"package/{place}" if len(places) > 1 else "package"
+                runners[name] = PackageRunner(data_dir, image_size, batch_size,
+                                              args.accelerator, precision, place)
             if args.compile:
                 runners["compiled"] = PackageRunner(data_dir, image_size, batch_size,
-                                                    args.accelerator, precision, True)
+                                                    args.accelerator, precision, places[0],
+                                                    compile_model=True)
             runners["reference"].run(args.warmup)
             totals: dict[str, list[list[float]]] = {name: [] for name in runners}
             waits: dict[str, list[list[float]]] = {name: [] for name in runners}
@@ -295,18 +308,21 @@ def main() -> None:
             row = {"image_size": image_size, "batch_size": batch_size, **{
                 name: {**values, "ratio": values["images_per_s"] / reference}
                 for name, values in summary.items()}}
-            row["package"]["setup_s"] = runners["package"].setup_s
+            package = next(name for name in runners if name.startswith("package"))
+            row[package]["setup_s"] = runners[package].setup_s
             rows.append(row)
             for name, values in summary.items():
-                print(f"size {image_size:>3} batch {batch_size:>2} {name:<9} "
+                print(f"size {image_size:>3} batch {batch_size:>2} {name:<15} "
                       f"{values['images_per_s']:>7.1f} img/s  "
                       f"data {100 * values['data_share']:>4.1f}%"
                       f"  x{values['images_per_s'] / reference:.2f}  "
                       f"(repeats: {', '.join(f'{v:.1f}' for v in values['images_per_s_all'])})",
                       flush=True)
-            projected_min = 500 * 581 * 0.8 / summary["package"]["images_per_s"] / 60
-            print(f"  package: decode once {runners['package'].setup_s:.1f} s; 500 epochs of "
-                  f"581 chips (80% train) would take {projected_min:.0f} min here", flush=True)
+            best = max((n for n in summary if n.startswith("package")),
+                       key=lambda n: summary[n]["images_per_s"])
+            projected_min = 500 * 581 * 0.8 / summary[best]["images_per_s"] / 60
+            print(f"  {best}: decode once {runners[package].setup_s:.1f} s; 500 epochs of "
+                  f"581 chips (80% train) would take {projected_min:.1f} min here", flush=True)
     memory = {}
     if not args.no_peak_memory:
         for variant in ("reference", "package"):

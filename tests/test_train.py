@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from wakemodel.cli import main
-from wakemodel.errors import WakeModelError
+from wakemodel.errors import InputError, WakeModelError
 from wakemodel.train import (
     AtomicCheckpointIO,
     TrainConfig,
@@ -17,6 +17,7 @@ from wakemodel.train import (
     _unique_run_dir,
     train,
     wandb_mode,
+    wants_device_augmentation,
 )
 
 BEST_NAME = re.compile(r"wake-epoch=\d{3}-vertex_px=\d+\.\d{2}\.ckpt")
@@ -266,6 +267,42 @@ def test_wandb_mode_without_key_is_offline(
     assert wandb_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() == "disabled"
+
+
+class _AugmentationProbe(pl.Callback):
+    """Record, per training batch, how far the images moved from the cached chips."""
+
+    def __init__(self) -> None:
+        self.max_change: list[float] = []
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict, batch_idx: int
+    ) -> None:
+        dataset = trainer.datamodule.train_dataset
+        cached = dataset.images[batch["index"].cpu()].float() / 255.0
+        self.max_change.append(float((batch["image"].cpu() - cached).abs().max()))
+        self.per_sample = dataset.augment is not None
+
+
+@pytest.mark.parametrize(("augment_on", "per_sample"), [("device", False), ("workers", True)])
+def test_augmentation_runs_where_asked(
+    tiny_dir: Path, tmp_path: Path, augment_on: str, per_sample: bool
+) -> None:
+    probe = _AugmentationProbe()
+    train(_config(tiny_dir, tmp_path, augment_on=augment_on, logger="none"), callbacks=[probe])
+    assert probe.per_sample is per_sample
+    assert len(probe.max_change) == 2
+    assert min(probe.max_change) > 0.05  # every training batch was augmented
+
+
+def test_auto_augments_on_gpus_only() -> None:
+    assert [wants_device_augmentation("auto", device) for device in ("cpu", "cuda", "mps")] == [
+        False, True, True,
+    ]
+    assert wants_device_augmentation("device", "cpu") is True
+    assert wants_device_augmentation("workers", "cuda") is False
+    with pytest.raises(InputError, match="--augment-on 'gpu'"):
+        wants_device_augmentation("gpu", "cuda")
 
 
 def test_cli_defaults_match_train_config() -> None:

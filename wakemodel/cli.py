@@ -407,6 +407,10 @@ def plot_errors_command(
               help="Lightning strategy: auto (DDP for several devices), ddp, ...")
 @click.option("--workers", type=click.IntRange(min=0), show_default="chosen by the data module",
               help="DataLoader worker processes.")
+@click.option("--augment-on", type=click.Choice(["auto", "workers", "device"]), default="auto",
+              show_default=True,
+              help="Where augmentation runs: per chip in the loader workers, or per batch on "
+              "the training device (auto: the device on CUDA/MPS, workers on the CPU).")
 @click.option("--logger", "logger_name", type=click.Choice(["csv", "wandb", "none"]),
               default="csv", show_default=True,
               help="csv: metrics.csv in the run folder; wandb: CSV plus Weights & Biases "

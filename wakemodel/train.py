@@ -63,6 +63,7 @@ LAST_CHECKPOINT_NAME = "last"
 """``last.ckpt``: the state after the latest finished epoch, for ``--resume``."""
 
 LoggerName = Literal["csv", "wandb", "none"]
+AugmentPlace = Literal["auto", "workers", "device"]
 
 
 @dataclass
@@ -87,6 +88,10 @@ class TrainConfig:
         num_nodes: Number of machines (multi-node DDP).
         strategy: Lightning strategy (``"auto"`` uses DDP for several devices).
         workers: DataLoader worker processes; ``None`` lets the data module choose.
+        augment_on: Where training augmentation runs: ``"workers"`` (per chip in
+            the DataLoader workers), ``"device"`` (per batch on the training
+            device, :class:`wakemodel.augment.BatchWakeAugmentation`) or
+            ``"auto"`` (the device on CUDA and MPS, workers on the CPU).
         logger: ``"csv"`` (metrics.csv only), ``"wandb"`` (CSV and Weights & Biases)
             or ``"none"`` (no logs written).
         wandb_project: Weights & Biases project name.
@@ -126,6 +131,7 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     workers: int | None = None
+    augment_on: AugmentPlace = "auto"
     logger: LoggerName = "csv"
     wandb_project: str = "wakemodel"
     checkpoint_dir: Path = Path("checkpoints")
@@ -441,6 +447,15 @@ def _scale_batch_size(
     logger.info("Batch-size finder: %s chips per batch", found)
 
 
+def wants_device_augmentation(augment_on: str, accelerator: str) -> bool:
+    """Whether augmentation runs per batch on the training device (see ``TrainConfig``)."""
+    if augment_on not in ("auto", "workers", "device"):
+        raise InputError(f"--augment-on {augment_on!r}: choose auto, workers or device.")
+    if augment_on == "auto":
+        return accelerator in ("cuda", "mps")
+    return augment_on == "device"
+
+
 def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train the wake keypoint model.
 
@@ -478,6 +493,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
         num_workers=config.workers,
         seed=config.seed,
         augment=True,
+        augment_on_device=wants_device_augmentation(config.augment_on, device.accelerator),
     )
     datamodule.setup("fit")
     module = WakeKeypointModule(
