@@ -221,6 +221,21 @@ class PackageRunner:
         return timer.totals, timer.waits
 
 
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB).
+
+    Linux: ``VmHWM`` from /proc, which starts afresh at exec; ``ru_maxrss`` would
+    carry over the forking parent's peak. Elsewhere ``ru_maxrss``.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    divisor = 2**20 if sys.platform == "darwin" else 2**10  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / divisor
+
+
 def _peak_memory_child(args: argparse.Namespace, data_dir: Path) -> None:
     """Train a few steps at batch 32 / 224 px and print the peak memory as JSON."""
     device = torch.device(select_device(args.accelerator).accelerator)
@@ -231,10 +246,9 @@ def _peak_memory_child(args: argparse.Namespace, data_dir: Path) -> None:
     else:
         precision = None if args.precision == "default" else args.precision
         runner = PackageRunner(data_dir, image_size, batch_size, args.accelerator, precision)
-    baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline_mb = _peak_rss_mb()
     runner.run(2)
-    result = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "baseline_rss_mb": baseline_mb}
+    result = {"peak_rss_mb": _peak_rss_mb(), "baseline_rss_mb": baseline_mb}
     if device.type == "cuda":
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(result))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from chips import chip_pixels
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -16,14 +17,6 @@ from wakemodel.errors import InputError, WakeModelError
 from wakemodel.preprocess import load_image, normalize_image, preprocess_image, read_image
 
 SIZE = 32
-
-
-def chip_pixels(width: int, height: int, vertex: tuple[float, float]) -> np.ndarray:
-    """uint8 [H, W]: a horizontal gradient with a bright 3x3 spot at the vertex."""
-    pixels = np.tile(np.linspace(20, 80, width), (height, 1))
-    col, row = int(vertex[0]), int(vertex[1])
-    pixels[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2] = 250
-    return pixels.astype(np.uint8)
 
 
 def luminance_formats() -> dict[str, Image.Image]:
