@@ -116,10 +116,7 @@ def infer_command(
     the actual pixel size and, with --platforms, the nearest platforms and the
     closest point of approach; other chips get one line saying why not.
     """
-    import json
-
     from wakemodel import infer
-    from wakemodel._io import atomic_write_text
     from wakemodel.errors import InputError
 
     paths = infer.find_images(images)
@@ -142,16 +139,10 @@ def infer_command(
     predictions = _add_geo_fields(
         predictions, crs, platforms, nearest_count, within_km, requested=requested
     )
-    json_to_stdout = json_path is not None and str(json_path) == "-"
-    if json_path is not None:
-        document = json.dumps(
-            {"model": str(model), "tta": tta, "predictions": [p.to_dict() for p in predictions]},
-            indent=2,
-        )
-        if json_to_stdout:
-            click.echo(document)
-        else:
-            atomic_write_text(json_path, document + "\n")
+    json_to_stdout = _write_json(
+        json_path,
+        {"model": str(model), "tta": tta, "predictions": [p.to_dict() for p in predictions]},
+    )
     if not json_to_stdout:
         click.echo(_prediction_table(predictions))
         for prediction in predictions:
@@ -160,6 +151,26 @@ def infer_command(
     if plot_path is not None:
         for saved in _plot_predictions(predictions, plot_path, single_file=not several):
             click.echo(f"Saved {saved}", err=json_to_stdout)
+
+
+def _write_json(json_path: Path | None, document: dict[str, Any]) -> bool:
+    """Write ``document`` as indented JSON to ``json_path`` (atomically) or, for ``-``, stdout.
+
+    Returns:
+        True when the JSON went to stdout (the table is then left out).
+    """
+    if json_path is None:
+        return False
+    import json
+
+    from wakemodel._io import atomic_write_text
+
+    text = json.dumps(document, indent=2)
+    if str(json_path) == "-":
+        click.echo(text)
+        return True
+    atomic_write_text(json_path, text + "\n")
+    return False
 
 
 def _read_geo_options(
@@ -288,21 +299,12 @@ def evaluate_command(
     of chips within the published bounds (vertex < 10% of wake length, heading
     < 10 degrees).
     """
-    import json
-
-    from wakemodel._io import atomic_write_text
     from wakemodel.evaluate import evaluate, find_training_log
 
     report = evaluate(
         model, data_dir, batch_size=batch_size, tta=tta, gsd_m=gsd_m, accelerator=accelerator
     )
-    json_to_stdout = json_path is not None and str(json_path) == "-"
-    if json_path is not None:
-        document = json.dumps(report.to_dict(), indent=2)
-        if json_to_stdout:
-            click.echo(document)
-        else:
-            atomic_write_text(json_path, document + "\n")
+    json_to_stdout = _write_json(json_path, report.to_dict())
     if not json_to_stdout:
         click.echo(report.format_table())
     if plots_dir is not None:
