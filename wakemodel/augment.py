@@ -254,17 +254,8 @@ def _uniform(unit: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return low + (high - low) * unit
 
 
-def _homogeneous(linear: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """Affine matrices ``[B, 3, 3]`` from linear parts ``[B, 2, 2]`` and offsets ``[B, 2]``."""
-    last_row = offset.new_tensor([0.0, 0.0, 1.0]).expand(offset.shape[0], 1, 3)
-    return torch.cat([torch.cat([linear, offset[:, :, None]], dim=2), last_row], dim=1)
-
-
-_TO_GRID = torch.tensor([[2.0, 0.0, -1.0], [0.0, 2.0, -1.0], [0.0, 0.0, 1.0]])
-"""Normalised coordinates k in [0, 1] to grid_sample coordinates ``u = 2 k - 1``."""
-
-_FROM_GRID = torch.tensor([[0.5, 0.0, 0.5], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]])
-"""Inverse of ``_TO_GRID``."""
+Affine = tuple[torch.Tensor, torch.Tensor]
+"""Per-sample affine maps ``k -> linear @ k + offset``: linear ``[B, 2, 2]``, offset ``[B, 2]``."""
 
 
 class BatchWakeAugmentation(torch.nn.Module):
@@ -326,7 +317,7 @@ class BatchWakeAugmentation(torch.nn.Module):
         _check_batch(images, keypoints, visible, generator)
         with torch.autocast(device_type=images.device.type, enabled=False):
             forward, inverse = self._draw_geometry(images, generator)
-            moved_images = self._warp(images.float(), inverse)
+            moved_images = _warp(images.float(), inverse)
             moved_images = self._photometry(moved_images, generator)
             moved_keypoints, moved_visible = _move_keypoints(
                 keypoints.float(), visible.to(torch.bool), forward
@@ -339,8 +330,8 @@ class BatchWakeAugmentation(torch.nn.Module):
 
     def _draw_geometry(
         self, images: torch.Tensor, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward (input -> output) and inverse float ``[B, 3, 3]`` in normalised coordinates."""
+    ) -> tuple[Affine, Affine]:
+        """Forward (input -> output) and inverse float32 maps in normalised coordinates."""
         s = self.settings
         batch, size = images.shape[0], images.shape[-1]
         unit = torch.rand(batch, 6, generator=generator, device=images.device)
@@ -359,18 +350,7 @@ class BatchWakeAugmentation(torch.nn.Module):
         inverse_linear = flips @ rotation.transpose(1, 2) / zoom[:, None, None]
         offset = centre + shift - (linear @ centre[:, :, None])[..., 0]
         inverse_offset = centre - (inverse_linear @ (centre + shift)[:, :, None])[..., 0]
-        return _homogeneous(linear, offset), _homogeneous(inverse_linear, inverse_offset)
-
-    @staticmethod
-    def _warp(images: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        """Resample float32 ``[B, 1, S, S]`` through the inverse (output -> input) matrices."""
-        to_grid = _TO_GRID.to(inverse.device)
-        from_grid = _FROM_GRID.to(inverse.device)
-        theta = (to_grid @ inverse @ from_grid)[:, :2]
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        return F.grid_sample(
-            images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )
+        return (linear, offset), (inverse_linear, inverse_offset)
 
     def _photometry(
         self, images: torch.Tensor, generator: torch.Generator | None
@@ -428,11 +408,25 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return channels.view(batch, 1, height, width)
 
 
+def _warp(images: torch.Tensor, inverse: Affine) -> torch.Tensor:
+    """Resample float32 ``[B, 1, S, S]`` through the inverse (output -> input) maps.
+
+    ``grid_sample`` works in ``u = 2 k - 1``; there ``k_in = L k_out + t`` reads
+    ``u_in = L u_out + (L 1 + 2 t - 1)``.
+    """
+    linear, offset = inverse
+    grid_offset = linear.sum(dim=-1) + 2.0 * offset - 1.0
+    theta = torch.cat([linear, grid_offset[:, :, None]], dim=2)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def _move_keypoints(
-    keypoints: torch.Tensor, visible: torch.Tensor, forward: torch.Tensor
+    keypoints: torch.Tensor, visible: torch.Tensor, forward: Affine
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Map normalised keypoints ``[B, K, 2]`` by ``forward`` ``[B, 3, 3]``; drop those outside."""
-    moved = keypoints @ forward[:, :2, :2].transpose(1, 2) + forward[:, None, :2, 2]
+    """Map normalised keypoints ``[B, K, 2]`` by the ``forward`` maps; drop those outside."""
+    linear, offset = forward
+    moved = keypoints @ linear.transpose(1, 2) + offset[:, None, :]
     inside = torch.isfinite(moved).all(dim=-1) & ((moved >= 0) & (moved <= 1)).all(dim=-1)
     moved_visible = visible & inside
     return torch.where(moved_visible[..., None], moved, 0.0), moved_visible
