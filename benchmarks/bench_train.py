@@ -64,7 +64,6 @@ from wakemodel.losses import keypoint_loss
 from wakemodel.model import WakeKeypointModule
 from wakemodel.network import EfficientNetB0KeypointDetector
 from wakemodel.synthetic import generate_dataset
-from wakemodel.train import wants_device_augmentation
 
 SEED = 0
 LR = 1e-3
@@ -193,10 +192,11 @@ class PackageRunner:
                  precision: str | None, augment_on: str = "auto",
                  compile_model: bool = False) -> None:
         self.device = select_device(accelerator, precision)
-        self.augment_on_device = wants_device_augmentation(augment_on, self.device.accelerator)
+        if augment_on == "auto":  # setup runs below, before a Trainer is attached to resolve it
+            augment_on = "device" if self.device.accelerator in ("cuda", "mps") else "workers"
         self.datamodule = WakeDataModule(data_dir, image_size=image_size, batch_size=batch_size,
                                          seed=SEED, augment=True,
-                                         augment_on_device=self.augment_on_device)
+                                         augment_on=augment_on)
         start = time.perf_counter()
         self.datamodule.setup("fit")
         self.setup_s = time.perf_counter() - start

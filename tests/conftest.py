@@ -35,7 +35,8 @@ def synthetic_dir(make_synthetic_dir: SyntheticFactory) -> Path:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
     """A checkpoint from a 1-epoch, 32 px training run on ``synthetic_dir`` (CPU, no download).
 
-    The run's CSV log is in ``<checkpoint folder>/../runs/tiny/metrics.csv``.
+    The run's CSV log is in ``<checkpoint folder>/../runs/tiny/metrics.csv`` (the
+    checkpoints go to ``--checkpoint-dir`` here, outside the run folder).
     """
     from wakemodel.train import TrainConfig, train
 

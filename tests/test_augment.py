@@ -383,7 +383,7 @@ def test_batch_geometry_matches_the_per_sample_distribution() -> None:
 
 def test_datamodule_augments_training_batches_on_the_device(synthetic_dir: Path) -> None:
     module = WakeDataModule(
-        synthetic_dir, image_size=32, batch_size=4, num_workers=0, augment_on_device=True
+        synthetic_dir, image_size=32, batch_size=4, num_workers=0, augment_on="device"
     )
     dataset = module.train_dataset
     assert dataset.augment is None
@@ -421,5 +421,5 @@ def test_datamodule_rejects_device_augmentation_with_a_custom_callable(
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return image, keypoints_px, visible
 
-    with pytest.raises(InputError, match="augment_on_device"):
-        WakeDataModule(synthetic_dir, num_workers=0, augment=identity, augment_on_device=True)
+    with pytest.raises(InputError, match="augment_on='device'"):
+        WakeDataModule(synthetic_dir, num_workers=0, augment=identity, augment_on="device")

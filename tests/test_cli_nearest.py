@@ -63,3 +63,25 @@ def test_vessel_must_be_given_once(platforms_csv, tmp_path):
         main, ["nearest", str(platforms_csv), "--lat", "1", "--lon", "1", "--vessels", "x.csv"]
     )
     assert result.exit_code == 2 and "not both" in result.output
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Name,Latitude,Longitude", "name,LAT,LNG", "NAME,lat,long", "name,Lat,Lon"],
+)
+def test_nearest_accepts_common_header_spellings(tmp_path, header):
+    path = tmp_path / "platforms.csv"
+    path.write_text(f"{header}\nAlpha,58.1,1.9\nBravo,57.0,2.5\n")
+    result = CliRunner().invoke(main, ["nearest", str(path), "--lat", "58", "--lon", "2"])
+    assert result.exit_code == 0, result.output
+    assert "Alpha" in result.output and "12.580" in result.output
+
+
+def test_missing_columns_error_names_found_and_expected(tmp_path):
+    path = tmp_path / "platforms.csv"
+    path.write_text("Site,X,Y\nA,1,2\n")
+    result = CliRunner().invoke(main, ["nearest", str(path), "--lat", "0", "--lon", "0"])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert "platforms.csv: missing column(s) lat, lon" in line
+    assert "found: site, x, y" in line and "latitude" in line and "longitude" in line

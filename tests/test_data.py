@@ -6,21 +6,24 @@ import json
 import logging
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from chips import chip_pixels
 from PIL import Image
+from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 
+from wakemodel import datamodule as datamodule_module
 from wakemodel import preprocess
 from wakemodel.data import (
-    WakeDataModule,
     WakeDataset,
     WakeRecord,
     scan_dataset,
     split_records,
 )
+from wakemodel.datamodule import WakeDataModule
 from wakemodel.errors import InputError, WakeModelError
 
 SIZE = 32
@@ -242,7 +245,8 @@ def test_batches_follow_the_contract(tmp_path: Path, augment: bool) -> None:
     )
     assert (module.data_dir, module.image_size, module.batch_size) == (tmp_path, SIZE, 4)
     module.setup("fit")
-    assert sum(len(module.datasets[s]) for s in ("train", "val", "test")) == 11
+    assert set(module.datasets) == {"train", "val"}
+    assert len(module.train_dataset) + len(module.val_dataset) + len(module.test_dataset) == 11
     batch = next(iter(module.train_dataloader()))
     assert batch["image"].dtype == torch.float32
     assert batch["image"].shape == (4, 1, SIZE, SIZE)
@@ -257,8 +261,7 @@ def test_batches_follow_the_contract(tmp_path: Path, augment: bool) -> None:
     visible_points = batch["keypoints"][batch["visible"]]
     assert ((visible_points >= 0) & (visible_points <= 1)).all()
     assert (batch["keypoints"][~batch["visible"]] == 0).all()
-    for loader in (module.val_dataloader(), module.test_dataloader(), module.predict_dataloader()):
-        assert len(next(iter(loader))["index"]) >= 1
+    assert len(next(iter(module.val_dataloader()))["index"]) >= 1
 
 
 def test_worker_process_loads_augmented_batches(tmp_path: Path) -> None:
@@ -303,7 +306,74 @@ def test_images_are_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         for loader in (module.train_dataloader(), module.val_dataloader()):
             for _batch in loader:
                 pass
-    assert sorted(calls) == sorted(tmp_path / "imgs" / f"chip_{i:02d}.png" for i in range(8))
+    fit_images = [r.image_path for s in ("train", "val") for r in module.datasets[s].records]
+    assert sorted(calls) == sorted(fit_images)  # each once; the test split is not decoded
+    assert len(fit_images) == 7
+
+
+def test_setup_decodes_only_the_stage_splits_and_scans_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_dataset(tmp_path, 10)
+    scans: list[Path] = []
+    decoded: list[str] = []
+    real_scan, real_read_image = datamodule_module.scan_dataset, preprocess.read_image
+
+    def counting_scan(root: Path) -> list[WakeRecord]:
+        scans.append(Path(root))
+        return real_scan(root)
+
+    def counting_read_image(path: Path) -> np.ndarray:
+        decoded.append(Path(path).stem)
+        return real_read_image(path)
+
+    monkeypatch.setattr(datamodule_module, "scan_dataset", counting_scan)
+    monkeypatch.setattr(preprocess, "read_image", counting_read_image)
+    module = WakeDataModule(tmp_path, image_size=SIZE, batch_size=2, num_workers=0)
+    module.setup("validate")
+    assert set(module.datasets) == {"val"}
+    assert sorted(decoded) == sorted(r.name for r in module.val_dataset.records)
+    module.setup("fit")
+    assert set(module.datasets) == {"train", "val"}
+    module.setup("test")
+    assert set(module.datasets) == {"train", "val", "test"}
+    assert len(scans) == 1
+    assert sorted(decoded) == sorted(f"chip_{i:02d}" for i in range(10))
+
+
+@pytest.mark.parametrize(
+    ("augment_on", "accelerator", "expected"),
+    [
+        ("auto", None, "workers"),
+        ("auto", CPUAccelerator(), "workers"),
+        ("auto", CUDAAccelerator(), "device"),
+        ("auto", MPSAccelerator(), "device"),
+        ("workers", CUDAAccelerator(), "workers"),
+        ("device", CPUAccelerator(), "device"),
+    ],
+)
+def test_augment_on_resolves_from_the_trainer(
+    tmp_path: Path, augment_on: str, accelerator: object, expected: str
+) -> None:
+    module = WakeDataModule(tmp_path, num_workers=0, augment_on=augment_on)
+    if accelerator is not None:
+        module.trainer = SimpleNamespace(accelerator=accelerator)  # type: ignore[assignment]
+    assert module.resolve_augment_on() == expected
+    assert WakeDataModule(tmp_path, num_workers=0, augment=False).resolve_augment_on() == "workers"
+
+
+def test_augment_on_rejects_unknown_places(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="augment_on 'gpu'"):
+        WakeDataModule(tmp_path, num_workers=0, augment_on="gpu")  # type: ignore[arg-type]
+
+
+def test_fit_setup_resolves_device_augmentation(tmp_path: Path) -> None:
+    make_dataset(tmp_path, 6)
+    module = WakeDataModule(tmp_path, image_size=SIZE, num_workers=0)
+    module.trainer = SimpleNamespace(accelerator=CUDAAccelerator())  # type: ignore[assignment]
+    module.setup("fit")
+    assert module.device_augmentation is not None
+    assert module.train_dataset.augment is None
 
 
 def test_image_failing_at_cache_time_is_skipped(

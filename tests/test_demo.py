@@ -27,6 +27,8 @@ def test_demo_runs_the_whole_pipeline_on_synthetic_data(tmp_path: Path) -> None:
     for name in ("prediction.png", "predictions.png", "errors.png", "history.png"):
         with Image.open(out_dir / name) as figure:
             assert figure.width > 100 and figure.height > 100
-    assert list((out_dir / "checkpoints").glob("wake-epoch=000-*.ckpt"))
+    run = out_dir / "train"
+    assert list((run / "checkpoints").glob("wake-epoch=000-*.ckpt"))
+    assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
     assert "Best checkpoint:" in result.output
     assert "heading error (deg)" in result.output

@@ -105,23 +105,28 @@ def test_infer_cli_with_onnx_matches_checkpoint_schema(
     assert onnx_vertex["x"] == pytest.approx(checkpoint_vertex["x"], abs=FP32_TOLERANCE_PX)
 
 
+@pytest.mark.parametrize("extra", [[], ["--tta"]])
 def test_onnx_infer_cli_runs_without_torch(
-    onnx_models: dict[str, Path], synthetic_dir: Path
+    onnx_models: dict[str, Path], synthetic_dir: Path, extra: list[str]
 ) -> None:
     image = find_images([synthetic_dir / "imgs"])[0]
+    args = ["infer", str(onnx_models["fp32"]), str(image), "--json", "-", *extra]
     code = (
         "import sys; from wakemodel.cli import main\n"
         "try:\n"
-        f"    main([\"infer\", {str(onnx_models['fp32'])!r}, {str(image)!r}, \"--json\", \"-\"])\n"
+        f"    main({args!r})\n"
         "except SystemExit as stop:\n"
         "    assert stop.code in (0, None), stop.code\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+        "print('PYPROJ' if 'pyproj' in sys.modules else 'NO-PYPROJ', file=sys.stderr)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
-    assert result.stderr.strip().splitlines()[-1] == "NO-TORCH"
-    keypoints = json.loads(result.stdout)["predictions"][0]["keypoints"]
+    assert result.stderr.strip().splitlines()[-2:] == ["NO-TORCH", "NO-PYPROJ"]
+    document = json.loads(result.stdout)
+    assert document["tta"] is bool(extra)
+    keypoints = document["predictions"][0]["keypoints"]
     assert [point["name"] for point in keypoints] == ["vertex", "end_1", "end_2"]
 
 
@@ -165,3 +170,16 @@ def test_unreadable_onnx_file(tmp_path: Path) -> None:
     bogus.write_text("not a model")
     with pytest.raises(WakeModelError, match=r"bogus\.onnx"):
         load_model(bogus)
+
+
+def test_onnx_predictor_metadata_and_contract(onnx_models: dict[str, Path]) -> None:
+    from wakemodel import export, predictors
+
+    predictor = predictors.load_predictor(onnx_models["int8"])
+    assert isinstance(predictor, predictors.OnnxPredictor)
+    assert isinstance(predictor, predictors.Predictor)
+    assert predictor.metadata["format"] == "onnx" and predictor.metadata["image_size"] == 32
+    assert predictor.metadata[METADATA_KEYS["precision"]] == "int8"
+    assert export.OnnxKeypointPredictor is predictors.OnnxPredictor
+    assert (export.INPUT_NAME, export.OUTPUT_NAMES) == (
+        predictors.INPUT_NAME, predictors.OUTPUT_NAMES)

@@ -288,3 +288,20 @@ def test_closest_point_of_approach():
     np.testing.assert_allclose(cpa_km, track.min(axis=1), atol=1e-4)
     np.testing.assert_allclose(along_km, steps[track.argmin(axis=1)], atol=0.02)
     assert (cpa_km <= haversine_vectorized(51.0, 2.0, target_lats, target_lons) + 1e-9).all()
+
+
+def test_read_points_csv_keeps_names_and_ids(tmp_path) -> None:
+    from wakemodel.geo import read_points_csv
+
+    path = tmp_path / "points.csv"
+    path.write_text("MMSI,Name,Latitude,Longitude\n244123456,Alpha,55.0,4.0\n"
+                    "244999999,,55.5,364.5\n,,56.0,5.0\n")
+    points = read_points_csv(path)
+    np.testing.assert_allclose(points.lats, [55.0, 55.5, 56.0])
+    np.testing.assert_allclose(points.lons, [4.0, 4.5, 5.0])
+    assert points.labels == ["Alpha", "244999999", "2"]
+    assert points.ids == ["244123456", "244999999", "2"]
+    with_id = tmp_path / "with_id.csv"
+    with_id.write_text("id,mmsi,lat,lng\nP-1,111,1.0,2.0\n")
+    assert read_points_csv(with_id).ids == ["P-1"]
+    assert read_points_csv(with_id).labels == ["P-1"]

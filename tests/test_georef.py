@@ -19,12 +19,12 @@ from wakemodel.errors import InputError
 from wakemodel.georef import (
     GeoReference,
     NotGeoreferencedError,
-    angle_between_deg,
     geolocate,
     make_platforms,
     read_georeference,
     read_platforms,
 )
+from wakemodel.keypoints import angle_difference_deg as angle_between_deg
 
 WIDTH, HEIGHT = 48, 40
 
@@ -382,3 +382,11 @@ def test_synthetic_geotiff_dataset_matches_png_dataset(tmp_path: Path) -> None:
         lon, lat = georef.pixel_to_lonlat(x, y)
         back_x, back_y = georef.lonlat_to_pixel(lon, lat)
         assert abs(float(back_x) - x) < 0.01 and abs(float(back_y) - y) < 0.01
+
+
+def test_read_platforms_accepts_header_variants(tmp_path: Path) -> None:
+    path = tmp_path / "platforms.csv"
+    path.write_text("Name,MMSI,Latitude,Longitude\nAlpha,111,55.0,4.0\nBeta,222,55.5,4.5\n")
+    platforms = read_platforms(path)
+    assert platforms.points.labels == ["Alpha", "Beta"] and platforms.ids == ["111", "222"]
+    np.testing.assert_allclose(platforms.points.lats, [55.0, 55.5])

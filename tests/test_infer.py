@@ -321,3 +321,88 @@ def test_prediction_dataclass_keypoints_norm() -> None:
         heading_deg=0.0, wake_length_px=0.0, wake_length_m=0.0, gsd_m=10.0,
     )
     np.testing.assert_allclose(prediction.keypoints_norm, [[0.5, 0.5]] * 3)
+
+
+def test_run_from_python_equals_cli_output(
+    tiny_checkpoint: Path, synthetic_dir: Path
+) -> None:
+    from wakemodel.infer import run
+
+    images = find_images([synthetic_dir / "imgs"])[:2]
+    args = ["infer", str(tiny_checkpoint), *map(str, images), "--accelerator", "cpu", "--tta"]
+    as_json = _run([*args, "--json", "-"])
+    as_table = _run(args)
+    assert as_json.exit_code == 0 and as_table.exit_code == 0, as_json.output
+    report = run(tiny_checkpoint, images, tta=True, accelerator="cpu")
+    assert report.to_dict() == json.loads(as_json.stdout)
+    assert as_table.stdout == report.format_table() + "\n"
+    assert as_table.stderr.splitlines() == report.notes
+    assert len(report.notes) == 1 and "no image is georeferenced" in report.notes[0]
+
+
+def test_run_on_arrays_notes_and_plots(tmp_path: Path) -> None:
+    from wakemodel.infer import run
+
+    chips = [np.ones((30, 40)), np.ones((20, 20))]
+    report = run(FixedPredictor(), chips, gsd_m=20.0)
+    assert report.model == "FixedPredictor" and report.tta is False
+    assert [p.geo_note for p in report.predictions] == [
+        "an in-memory array has no georeferencing."] * 2
+    assert report.notes == [
+        "No geo fields: no image is georeferenced (e.g. an in-memory array has no "
+        "georeferencing.)"
+    ]
+    assert report.to_dict()["predictions"][0]["gsd_m"] == 20.0
+    assert report.format_table().count("<array>") == 2
+    saved = report.save_plots(tmp_path / "plots")
+    assert [path.name for path in saved] == ["array0_wake.png", "array1_wake.png"]
+    with pytest.raises(WakeModelError, match="--plot"):
+        report.save_plots(tmp_path / "one.png")
+    with pytest.raises(WakeModelError, match="could be read"):
+        run(FixedPredictor(), [tmp_path / "absent.png"], on_unreadable=lambda *_: None)
+
+
+def test_plain_png_inference_imports_no_geo_or_torch(tmp_path: Path) -> None:
+    """pyproj/rasterio load only for chips that may be georeferenced; TTA needs no torch."""
+    import subprocess
+    import sys
+
+    chip = _write_png(tmp_path / "chip.png", np.full((24, 32), 100, np.uint8))
+    world_file = "10\n0\n0\n-10\n500000\n6000000\n"
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from wakemodel.infer import run\n"
+        "class Fixed:\n"
+        "    image_size = 16\n"
+        "    def __call__(self, images):\n"
+        "        n = len(images)\n"
+        "        return np.full((n, 3, 2), 0.5) + np.arange(3)[:, None] * 0.1, "
+        "np.full((n, 3), 0.9)\n"
+        f"report = run(Fixed(), [{str(chip)!r}], tta=True)\n"
+        "print(report.notes[0])\n"
+        "print(sorted(m for m in ('pyproj', 'rasterio', 'torch') if m in sys.modules))\n"
+        f"open({str(chip.with_suffix('.pgw'))!r}, 'w').write({world_file!r})\n"
+        f"report = run(Fixed(), [{str(chip)!r}])\n"
+        "print(report.notes[0])\n"
+        "print('pyproj' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    first_note, modules, second_note, pyproj_loaded = result.stdout.strip().splitlines()
+    assert "no image is georeferenced" in first_note and "chip.pgw" in first_note
+    assert modules == "[]"
+    assert "no CRS" in second_note and pyproj_loaded == "True"
+
+
+def test_load_predictor_carries_metadata(tiny_checkpoint: Path) -> None:
+    from wakemodel.predictors import Predictor, TorchPredictor, load_predictor
+
+    predictor = load_predictor(tiny_checkpoint, accelerator="cpu")
+    assert isinstance(predictor, TorchPredictor) and isinstance(predictor, Predictor)
+    metadata = predictor.metadata
+    assert metadata["format"] == "ckpt" and metadata["path"] == str(tiny_checkpoint)
+    assert metadata["image_size"] == predictor.image_size == 32
+    assert metadata["hyper_parameters"]["image_size"] == 32
+    assert "run_dir" in metadata
+    assert load_model is load_predictor

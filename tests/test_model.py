@@ -1,3 +1,4 @@
+import inspect
 import itertools
 import logging
 import time
@@ -10,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
 
+from wakemodel.config import MODEL_DEFAULTS
 from wakemodel.errors import InputError, WakeModelError
 from wakemodel.losses import keypoint_loss
 from wakemodel.model import WakeKeypointModule, warmup_cosine_factor
@@ -18,8 +20,10 @@ from wakemodel.network import (
     GREY_STD,
     EfficientNetB0KeypointDetector,
     KeypointOutput,
+    detector_from_checkpoint,
     soft_argmax,
 )
+from wakemodel.train import TrainConfig
 
 IMAGE_SIZE = 32
 
@@ -164,15 +168,20 @@ def test_warmup_cosine_factor() -> None:
     assert factors[20] == pytest.approx(0.1)
 
 
-def test_predict_step_output() -> None:
-    module = WakeKeypointModule(image_size=IMAGE_SIZE, pretrained=False).eval()
-    batch = next(iter(DataLoader(_RandomWakes(), batch_size=4)))
-    with torch.no_grad():
-        prediction = module.predict_step(batch, 0)
-    assert prediction["keypoints"].shape == (4, 3, 2)
-    assert ((prediction["visibility"] >= 0) & (prediction["visibility"] <= 1)).all()
-    assert torch.equal(prediction["index"], torch.arange(4))
-    assert prediction["orig_size"].shape == (4, 2)
+def test_module_defaults_are_the_training_defaults() -> None:
+    parameters = inspect.signature(WakeKeypointModule).parameters
+    config = TrainConfig()
+    for module_name, config_name in [
+        ("image_size", "image_size"), ("lr", "lr"), ("weight_decay", "weight_decay"),
+        ("warmup_epochs", "warmup_epochs"), ("max_epochs", "epochs"),
+    ]:
+        assert parameters[module_name].default == getattr(config, config_name), module_name
+    assert parameters["dropout"].default == MODEL_DEFAULTS.dropout
+    assert inspect.signature(EfficientNetB0KeypointDetector).parameters["dropout"].default == (
+        MODEL_DEFAULTS.dropout
+    )
+    assert parameters["pretrained"].default is False
+    assert (WakeKeypointModule.monitor, WakeKeypointModule.mode) == ("val/vertex_error_px", "min")
 
 
 def test_tiny_fit_logs_metrics(tmp_path: Path) -> None:
@@ -230,15 +239,29 @@ def test_fast_dev_run_and_checkpoint_round_trip(tmp_path: Path, rgb_weights) -> 
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
-    hyper_parameters = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
-    assert hyper_parameters["pretrained"] is False
-    assert hyper_parameters["weights_path"] is None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    hyper_parameters = checkpoint["hyper_parameters"]
+    assert "pretrained" not in hyper_parameters and "weights_path" not in hyper_parameters
     assert hyper_parameters["image_size"] == IMAGE_SIZE
-    restored = WakeKeypointModule.load_from_checkpoint(path).eval()
+    # Checkpoints written before save_hyperparameters(ignore=...) stored the two as below.
+    old_path = tmp_path / "old.ckpt"
+    torch.save(
+        {**checkpoint, "hyper_parameters": {
+            **hyper_parameters, "pretrained": False, "weights_path": None,
+        }},
+        old_path,
+    )
     module.eval()
     images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     with torch.no_grad():
-        assert torch.allclose(restored(images).keypoints, module(images).keypoints)
+        expected = module(images).keypoints
+        for saved in (path, old_path):
+            restored = WakeKeypointModule.load_from_checkpoint(saved).eval()
+            assert torch.allclose(restored(images).keypoints, expected)
+            detector = detector_from_checkpoint(
+                torch.load(saved, map_location="cpu", weights_only=False)
+            )
+            assert torch.allclose(detector(images).keypoints, expected)
 
 
 def test_loss_gradients_reach_the_stem() -> None:

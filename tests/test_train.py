@@ -1,6 +1,10 @@
+import csv
+import dataclasses
 import math
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,8 +12,10 @@ import pytorch_lightning as pl
 import torch
 from click.testing import CliRunner
 
+from wakemodel import train as train_module
 from wakemodel.cli import main
-from wakemodel.errors import InputError, WakeModelError
+from wakemodel.config import cli_fields, load_config, option_name, save_config
+from wakemodel.errors import WakeModelError
 from wakemodel.train import (
     AtomicCheckpointIO,
     TrainConfig,
@@ -17,8 +23,9 @@ from wakemodel.train import (
     _unique_run_dir,
     train,
     wandb_mode,
-    wants_device_augmentation,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BEST_NAME = re.compile(r"wake-epoch=\d{3}-vertex_px=\d+\.\d{2}\.ckpt")
 
@@ -39,8 +46,8 @@ def _config(data_dir: Path, tmp_path: Path, **overrides) -> TrainConfig:
         "accelerator": "cpu",
         "workers": 0,
         "pretrained": False,
-        "checkpoint_dir": tmp_path / "checkpoints",
         "run_dir": tmp_path / "runs",
+        "run_name": "run",
         "progress_bar": False,
     }
     settings.update(overrides)
@@ -95,11 +102,12 @@ def test_missing_data_cli_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,
         ["train", "--data", str(tmp_path / "nowhere"), "--accelerator", "cpu",
-         "--no-pretrained", "--checkpoint-dir", str(tmp_path / "ck")],
+         "--no-pretrained", "--run-dir", str(tmp_path / "runs")],
     )
     assert result.exit_code == 2
     assert "nowhere" in result.output
     assert "Traceback" not in result.output
+    assert not list(tmp_path.glob("runs/*"))  # a run that never started leaves no folder
 
 
 @pytest.mark.parametrize(
@@ -131,36 +139,130 @@ def test_fast_dev_run_cli(tiny_dir: Path, tmp_path: Path) -> None:
     assert "Best epoch: 0" in result.output
     assert "val/vertex_error_px" in result.output
     assert "Best checkpoint: none written" in result.output
+    assert "Run folder: none written" in result.output
     assert not list(tmp_path.glob("ck/*.ckpt"))
+    assert not (tmp_path / "runs").exists()
 
 
-def test_train_writes_named_checkpoints_with_metadata(tiny_dir: Path, tmp_path: Path) -> None:
-    result = train(_config(tiny_dir, tmp_path, logger="csv"))
+def test_run_folder_holds_config_metrics_and_checkpoints(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tiny_dir, tmp_path, logger="csv")
+    result = train(config)
+    run = tmp_path / "runs" / "run"
     assert isinstance(result, TrainResult)
+    assert result.run_dir == run
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.csv"]
+    assert (result.config_path, result.metrics_path) == (run / "config.yaml", run / "metrics.csv")
+    assert result.checkpoint_dir == run / "checkpoints"
+    assert result.last_checkpoint == run / "checkpoints" / "last.ckpt"
     assert result.best_checkpoint is not None
-    assert result.last_checkpoint == tmp_path / "checkpoints" / "last.ckpt"
     assert BEST_NAME.fullmatch(result.best_checkpoint.name)
-    assert result.best_checkpoint.parent == tmp_path / "checkpoints"
     assert result.best_epoch == 0
     assert f"{result.best_metrics['val/vertex_error_px']:.2f}" in result.best_checkpoint.name
     assert {"val/vertex_error_px", "val/heading_error_deg", "val/pck@0.05"} <= set(
         result.best_metrics
     )
-    assert (result.run_dir / "metrics.csv").is_file()
-    assert result.run_dir.parent == tmp_path / "runs"
-
-    checkpoint = _load(result.best_checkpoint)
-    assert checkpoint["hyper_parameters"]["image_size"] == 32
-    assert checkpoint["wakemodel_env"]["accelerator"] == "cpu"
-    assert checkpoint["wakemodel_env"]["precision"] == "32"
-    assert checkpoint["wakemodel_env"]["torch"] == torch.__version__
-    assert checkpoint["wakemodel_val_metrics"] == result.best_metrics
-    assert checkpoint["wakemodel_train_config"]["image_size"] == 32
-    assert checkpoint["wakemodel_run_dir"] == str(result.run_dir)
     # No temporary files are left behind by the atomic writes.
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted(
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
         ["last.ckpt", result.best_checkpoint.name]
     )
+    checkpoint = _load(result.best_checkpoint)
+    assert checkpoint["hyper_parameters"]["image_size"] == 32
+    assert checkpoint["wakemodel_run_dir"] == str(run)
+    assert not [key for key in checkpoint if key.startswith("wakemodel_") and key != (
+        "wakemodel_run_dir"
+    )]
+
+    # config.yaml is the config it ran with, as a fresh run: no resume, its folder's name.
+    assert load_config(run / "config.yaml") == dataclasses.replace(config, run_name="run")
+
+    # `train --config` reruns it in a new folder with its own checkpoints; options given on
+    # the command line override the file.
+    seen: list[TrainConfig] = []
+    real_train = train_module.train
+
+    def recording_train(config: TrainConfig) -> TrainResult:
+        seen.append(config)
+        return real_train(config)
+
+    monkeypatch.setattr(train_module, "train", recording_train)
+    rerun = CliRunner().invoke(
+        main, ["train", "--config", str(run / "config.yaml"), "--seed", "5", "--logger", "none"]
+    )
+    assert rerun.exit_code == 0, rerun.output
+    assert seen == [dataclasses.replace(config, seed=5, logger="none")]
+    second = tmp_path / "runs" / "run-1"
+    assert sorted(p.name for p in second.iterdir()) == ["checkpoints", "config.yaml"]
+    assert "Logs: none written (--logger none)" in rerun.output
+    assert f"Run folder: {second}" in rerun.output
+    assert (second / "checkpoints" / "last.ckpt").is_file()
+    assert _load(run / "checkpoints" / "last.ckpt")["wakemodel_run_dir"] == str(run)
+    assert _load(second / "checkpoints" / "last.ckpt")["wakemodel_run_dir"] == str(second)
+
+
+def test_train_options_are_generated_from_the_config() -> None:
+    command = main.commands["train"]
+    options = {param.name: param for param in command.params}
+    fields = cli_fields()
+    assert {option_name(spec) for spec, _ in fields} == {
+        "--data", "--epochs", "--batch-size", "--image-size", "--lr", "--weight-decay",
+        "--warmup-epochs", "--seed", "--accelerator", "--precision", "--devices",
+        "--num-nodes", "--strategy", "--workers", "--augment-on", "--logger",
+        "--checkpoint-dir", "--run-dir", "--run-name", "--resume", "--deterministic",
+        "--fast-dev-run", "--pretrained", "--weights", "--max-time", "--fit-schedule-to-time",
+        "--compile", "--auto-batch-size",
+    }
+    assert options["pretrained"].opts == ["--pretrained"]
+    assert options["pretrained"].secondary_opts == ["--no-pretrained"]
+    assert options["fast_dev_run"].is_flag
+    help_text = CliRunner().invoke(main, ["train", "--help"]).output
+    for spec, _ in fields:
+        assert option_name(spec) in help_text
+    assert "--config" in help_text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        ("epochs: [1\n", "not valid YAML"),
+        ("- 1\n", "expected a mapping"),
+        ("epochs: 2\nlearning_rate: 0.1\n", "unknown setting 'learning_rate'"),
+        ("epochs: 0\n", "epochs 0: must be at least 1"),
+        ("augment_on: gpu\n", "augment_on 'gpu': choose one of"),
+    ],
+)
+def test_bad_config_file_is_a_one_line_error(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    if content is not None:
+        path.write_text(content)
+    result = CliRunner().invoke(main, ["train", "--config", str(path)])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
+    assert message in result.output
+
+
+def test_config_module_imports_neither_torch_nor_lightning() -> None:
+    code = (
+        "import sys, wakemodel.config; "
+        "print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == "[]"
+
+
+def test_config_file_round_trip(tmp_path: Path) -> None:
+    config = TrainConfig(
+        data_dir=tmp_path / "data", epochs=7, lr=2e-3, precision="bf16-mixed", workers=0,
+        checkpoint_dir=tmp_path / "ck", fast_dev_run=3, run_name="x", weights_path="w.pth",
+    )
+    assert isinstance(config.weights_path, Path)
+    assert load_config(save_config(config, tmp_path / "config.yaml")) == config
 
 
 def test_run_folders_are_never_reused(tmp_path: Path) -> None:
@@ -171,31 +273,44 @@ def test_run_folders_are_never_reused(tmp_path: Path) -> None:
     assert re.fullmatch(r"\d{8}-\d{6}", _unique_run_dir(tmp_path, None).name)
 
 
+def _csv_epochs(path: Path) -> list[int]:
+    """Epochs of the validation rows of a metrics.csv."""
+    with path.open(newline="") as file:
+        return [int(row["epoch"]) for row in csv.DictReader(file) if row["val/loss"]]
+
+
 def test_interrupt_then_resume_continues_epoch_and_optimizer(
     tiny_dir: Path, tmp_path: Path
 ) -> None:
-    config = _config(tiny_dir, tmp_path, epochs=2, logger="none")
+    config = _config(tiny_dir, tmp_path, epochs=2)
     try:
         with pytest.raises(SystemExit):
             train(config, callbacks=[_InterruptAtEpoch(1)])
     finally:
         # Lightning ignores further Ctrl-C during its graceful shutdown; restore it.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    last = tmp_path / "checkpoints" / "last.ckpt"
+    run = tmp_path / "runs" / "run"
+    last = run / "checkpoints" / "last.ckpt"
     interrupted = _load(last)
     assert interrupted["epoch"] == 0
     steps_per_epoch = interrupted["global_step"]
     assert steps_per_epoch > 0
+    assert _csv_epochs(run / "metrics.csv") == [0]
 
     start = _StartState()
     result = train(
-        _config(tiny_dir, tmp_path, epochs=2, logger="none", resume=last), callbacks=[start]
+        _config(tiny_dir, tmp_path, epochs=2, run_name=None, resume=last), callbacks=[start]
     )
     assert start.epoch == 1
     assert start.global_step == steps_per_epoch
     assert start.optimizer_steps == steps_per_epoch
     assert result.epochs_completed == 2
     assert set(result.history) == {0, 1}
+    # The resumed run continues in the same folder: same metrics.csv, same checkpoints.
+    assert result.run_dir == run and result.resumed
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["run"]
+    assert _csv_epochs(run / "metrics.csv") == [0, 1]
+    assert load_config(run / "config.yaml").resume is None
 
     resumed = _load(last)
     assert resumed["epoch"] == 1
@@ -203,7 +318,7 @@ def test_interrupt_then_resume_continues_epoch_and_optimizer(
     schedulers = resumed["lr_schedulers"][0]
     assert schedulers["last_epoch"] == 2 * steps_per_epoch
     assert result.best_checkpoint is not None and result.best_checkpoint.is_file()
-    assert len(list((tmp_path / "checkpoints").glob("wake-epoch=*.ckpt"))) == 1
+    assert len(list((run / "checkpoints").glob("wake-epoch=*.ckpt"))) == 1
 
 
 def test_resume_rejects_other_image_size(tiny_dir: Path, tmp_path: Path) -> None:
@@ -295,26 +410,28 @@ def test_augmentation_runs_where_asked(
     assert min(probe.max_change) > 0.05  # every training batch was augmented
 
 
-def test_auto_augments_on_gpus_only() -> None:
-    assert [wants_device_augmentation("auto", device) for device in ("cpu", "cuda", "mps")] == [
-        False, True, True,
-    ]
-    assert wants_device_augmentation("device", "cpu") is True
-    assert wants_device_augmentation("workers", "cuda") is False
-    with pytest.raises(InputError, match="--augment-on 'gpu'"):
-        wants_device_augmentation("gpu", "cuda")
+def test_train_config_checks_values() -> None:
+    with pytest.raises(WakeModelError, match="--augment-on 'gpu': choose one of"):
+        TrainConfig(augment_on="gpu")  # type: ignore[arg-type]
+    with pytest.raises(WakeModelError, match="--epochs 0: must be at least 1"):
+        TrainConfig(epochs=0)
+    assert TrainConfig(data_dir="data/x").data_dir == Path("data/x")  # type: ignore[arg-type]
 
 
-def test_cli_defaults_match_train_config() -> None:
-    command = main.commands["train"]
-    defaults = TrainConfig()
-    checked = 0
-    for param in command.params:
-        name = "logger" if param.name == "logger_name" else param.name
-        if isinstance(param.default, (bool, int, float, str, Path)) and hasattr(defaults, name):
-            assert param.default == getattr(defaults, name), name
-            checked += 1
-    assert checked >= 12
+def test_train_command_shows_only_our_lines(tiny_dir: Path, tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "train", "--data", str(tiny_dir), "--epochs", "1",
+         "--image-size", "32", "--batch-size", "4", "--workers", "0", "--no-pretrained",
+         "--accelerator", "cpu", "--run-dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    assert "Device: CPU" in output and "Best checkpoint:" in output
+    for noise in ("GPU available", "TPU available", "Tip:", "litlogger", "LeafSpec",
+                  "to estimate number of stepping batches", "stopped: `max_epochs",
+                  "smaller than the logging interval", "does not have many workers"):
+        assert noise not in output, noise
 
 
 @pytest.mark.slow
@@ -326,10 +443,12 @@ def test_issue_command_epochs_2_on_cpu(
         main, ["train", "--data", str(tiny_dir), "--epochs", "2", "--accelerator", "cpu"]
     )
     assert result.exit_code == 0, result.output
-    best = [p for p in (tmp_path / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1
+    best = [p for p in (runs[0] / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
     assert len(best) == 1 and BEST_NAME.fullmatch(best[0].name)
     assert str(best[0].relative_to(tmp_path)) in result.output
-    assert len(list((tmp_path / "runs").glob("*/metrics.csv"))) == 1
+    assert (runs[0] / "metrics.csv").is_file() and (runs[0] / "config.yaml").is_file()
 
 
 @pytest.mark.slow

@@ -43,9 +43,3 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
-
-def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` atomically and return the path."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
-    return Path(path)

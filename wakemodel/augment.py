@@ -34,6 +34,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from wakemodel.errors import InputError
+from wakemodel.preprocess import check_image_size
 
 BLUR_KERNEL_SIZE = 5
 """Side (pixels) of the Gaussian blur kernel of both augmentations."""
@@ -184,8 +185,7 @@ class WakeAugmentation:
     """
 
     def __init__(self, image_size: int, settings: AugmentationSettings | None = None) -> None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise InputError(f"image_size {image_size!r}: must be a positive integer.")
+        check_image_size(image_size)
         self.image_size = image_size
         self.settings = AugmentationSettings() if settings is None else settings
         s = self.settings

@@ -17,9 +17,12 @@ from typing import Any
 import click
 
 from wakemodel import __version__
-from wakemodel.errors import WakeModelError
+from wakemodel.devices import ACCELERATORS, available_cores
+from wakemodel.download import API_URL
+from wakemodel.errors import WakeModelError, first_line
+from wakemodel.metrics import DEFAULT_GSD_M
 
-ACCELERATOR_CHOICES = ["auto", "cpu", "gpu", "cuda", "mps"]
+ACCELERATOR_CHOICES = list(ACCELERATORS)
 
 
 class _WakeGroup(click.Group):
@@ -31,8 +34,7 @@ class _WakeGroup(click.Group):
         except (WakeModelError, OSError) as exc:
             if ctx.find_root().params.get("verbose"):
                 raise
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            click.echo(f"Error: {message}", err=True)
+            click.echo(f"Error: {first_line(exc)}", err=True)
             ctx.exit(2)
 
 
@@ -53,9 +55,6 @@ def plot() -> None:
 
 
 
-_PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
-
-
 def _prediction_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add the options shared by the commands that run a model to ``command``."""
     options = [
@@ -65,8 +64,9 @@ def _prediction_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Chips per network call."),
         click.option("--tta", is_flag=True,
                      help="Average predictions over the 8 flips/rotations of the input."),
-        click.option("--gsd", "gsd_m", type=click.FloatRange(min=0, min_open=True), default=10.0,
-                     show_default=True, help="Ground sampling distance in metres per pixel."),
+        click.option("--gsd", "gsd_m", type=click.FloatRange(min=0, min_open=True),
+                     default=DEFAULT_GSD_M, show_default=True,
+                     help="Ground sampling distance in metres per pixel."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -91,7 +91,7 @@ def _prediction_options(command: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option(
     "--platforms", "platforms_csv", type=click.Path(dir_okay=False, path_type=Path),
-    help="CSV of platforms (lat, lon, optional name, id): adds, for georeferenced chips, "
+    help="CSV of platforms (lat, lon, optional name, id, mmsi): adds, for georeferenced chips, "
     "the nearest platform's distance, bearing, angle to the heading and the closest "
     "point of approach.",
 )
@@ -117,39 +117,26 @@ def infer_command(
     closest point of approach; other chips get one line saying why not.
     """
     from wakemodel import infer
-    from wakemodel.errors import InputError
 
     paths = infer.find_images(images)
+    infer.check_plot_path(plot_path, len(paths))
     several = len(paths) > 1
-    if several and plot_path is not None and plot_path.suffix.lower() in _PLOT_SUFFIXES:
-        raise InputError(f"--plot {plot_path}: several images given; pass a folder instead.")
-    platforms = _read_geo_options(crs, platforms_csv, within_km)
-    predictor = infer.load_model(model, accelerator=accelerator)
 
     def skip(source: str, error: WakeModelError) -> None:
         click.echo(f"Skipping {source}: {error}", err=True)
 
-    predictions = infer.predict(
-        predictor, paths, batch_size=batch_size, tta=tta, gsd_m=gsd_m,
+    report = infer.run(
+        model, paths, batch_size=batch_size, tta=tta, gsd_m=gsd_m, accelerator=accelerator,
+        crs=crs, platforms=platforms_csv, nearest_count=nearest_count, within_km=within_km,
         on_unreadable=skip if several else None,
     )
-    if not predictions:
-        raise WakeModelError("None of the images could be read; see the lines above.")
-    requested = crs is not None or platforms_csv is not None
-    predictions = _add_geo_fields(
-        predictions, crs, platforms, nearest_count, within_km, requested=requested
-    )
-    json_to_stdout = _write_json(
-        json_path,
-        {"model": str(model), "tta": tta, "predictions": [p.to_dict() for p in predictions]},
-    )
+    for note in report.notes:
+        click.echo(note, err=True)
+    json_to_stdout = _write_json(json_path, report.to_dict())
     if not json_to_stdout:
-        click.echo(_prediction_table(predictions))
-        for prediction in predictions:
-            if prediction.geo is not None:
-                click.echo(f"{Path(prediction.source).name}: {prediction.geo.summary()}")
+        click.echo(report.format_table())
     if plot_path is not None:
-        for saved in _plot_predictions(predictions, plot_path, single_file=not several):
+        for saved in report.save_plots(plot_path, single_file=not several):
             click.echo(f"Saved {saved}", err=json_to_stdout)
 
 
@@ -173,104 +160,11 @@ def _write_json(json_path: Path | None, document: dict[str, Any]) -> bool:
     return False
 
 
-def _read_geo_options(
-    crs: str | None, platforms_csv: Path | None, within_km: float | None
-) -> Any:
-    """Check ``--crs`` and read ``--platforms`` before any inference runs.
-
-    Returns:
-        ``wakemodel.georef.Platforms``, or None without ``--platforms`` (or
-        without rasterio and pyproj, when no geo option is given).
-    """
-    if within_km is not None and platforms_csv is None:
-        raise WakeModelError("--within-km needs --platforms CSV (the platforms to measure).")
-    try:
-        from wakemodel import georef
-    except ImportError as exc:
-        if crs is not None or platforms_csv is not None:
-            raise WakeModelError(
-                f"--crs and --platforms need rasterio and pyproj ({exc}); "
-                "install them with pip install 'wakemodel[geo]'."
-            ) from exc
-        return None
-    if crs is not None:
-        georef.parse_crs(crs)
-    return None if platforms_csv is None else georef.read_platforms(platforms_csv)
-
-
-def _add_geo_fields(
-    predictions: list[Any], crs: str | None, platforms: Any, nearest_count: int,
-    within_km: float | None, *, requested: bool,
-) -> list[Any]:
-    """Geolocate predictions of georeferenced chips; say on stderr why others have no geo fields.
-
-    Without a geo option (``requested`` false) and no georeferenced chip at
-    all, one line sums up; otherwise each chip without geo fields gets a line.
-    """
-    try:
-        from wakemodel.georef import geolocate_predictions
-    except ImportError:
-        click.echo("No geo fields: rasterio and pyproj are not installed "
-                   "(pip install 'wakemodel[geo]').", err=True)
-        return predictions
-    located = geolocate_predictions(predictions, crs=crs, platforms=platforms,
-                                    nearest_count=nearest_count, within_km=within_km)
-    notes = [prediction.geo_note for prediction in located if prediction.geo_note]
-    if notes and not requested and len(notes) == len(located):
-        click.echo(f"No geo fields: no image is georeferenced (e.g. {notes[0]})", err=True)
-    else:
-        for note in notes:
-            click.echo(f"No geo fields for {note}", err=True)
-    return located
-
-
 def _prediction_table(predictions: list[Any]) -> str:
     """Format predictions (``wakemodel.infer.Prediction``) as a plain-text table."""
+    from wakemodel.infer import format_table
 
-    def point(prediction: Any, slot: int) -> str:
-        if not prediction.visible[slot]:
-            return "-"
-        x, y = prediction.keypoints_px[slot]
-        return f"({x:.1f}, {y:.1f})"
-
-    header = (
-        f"{'image':<24} {'vertex x,y px':>16} {'end 1 x,y px':>16} {'end 2 x,y px':>16} "
-        f"{'heading':>8} {'length px':>10} {'length m':>10}"
-    )
-    rows = [header]
-    for prediction in predictions:
-        name = Path(prediction.source).name if prediction.source else "<array>"
-        rows.append(
-            f"{name:<24} {point(prediction, 0):>16} {point(prediction, 1):>16} "
-            f"{point(prediction, 2):>16} {prediction.heading_deg:>7.1f}° "
-            f"{prediction.wake_length_px:>10.1f} {prediction.wake_length_m:>10.0f}"
-        )
-    return "\n".join(rows)
-
-
-def _plot_predictions(
-    predictions: list[Any], plot_path: Path, *, single_file: bool
-) -> list[Path]:
-    """Save one annotated chip per prediction to ``plot_path`` (a file, or a folder)."""
-    from wakemodel.plots import plot_prediction
-    from wakemodel.preprocess import read_image
-
-    used_names: set[str] = set()
-    saved = []
-    for prediction in predictions:
-        if single_file and plot_path.suffix.lower() in _PLOT_SUFFIXES:
-            target = plot_path
-        else:
-            stem = Path(prediction.source).stem
-            name = f"{stem}_wake.png"
-            index = 1
-            while name in used_names:
-                index += 1
-                name = f"{stem}_{index}_wake.png"
-            used_names.add(name)
-            target = plot_path / name
-        saved.append(plot_prediction(read_image(Path(prediction.source)), prediction, target))
-    return saved
+    return format_table(predictions)
 
 
 @main.command("evaluate")
@@ -376,86 +270,100 @@ def plot_errors_command(
     click.echo(f"Saved {report.plot_errors(out)}")
 
 
-@main.command("train")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path),
-              default=Path("data/ShipWakes"), show_default=True,
-              help="Dataset root with imgs/ and annotations/.")
-@click.option("--epochs", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Training epochs (also the learning-rate schedule length).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Chips per batch (per device).")
-@click.option("--image-size", type=click.IntRange(min=32), default=224, show_default=True,
-              help="Network input side in pixels.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.001, show_default=True,
-              help="Peak AdamW learning rate.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0001, show_default=True,
-              help="AdamW weight decay.")
-@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Linear learning-rate warm-up in epochs.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed for weights, data split, shuffling and augmentation.")
-@click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="auto",
-              show_default=True,
-              help="auto: CUDA, else Apple MPS, else CPU; gpu: CUDA or MPS.")
-@click.option("--precision", type=click.Choice(["32", "16-mixed", "bf16-mixed", "bf16-true",
-                                               "16-true", "64"]),
-              show_default="bf16-mixed on CUDA GPUs that support it, else 32",
-              help="Numeric precision (Lightning).")
-@click.option("--devices", default="auto", show_default=True,
-              help="Devices per machine: auto, a count (2) or ids (0,1).")
-@click.option("--num-nodes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Machines for multi-node DDP.")
-@click.option("--strategy", default="auto", show_default=True,
-              help="Lightning strategy: auto (DDP for several devices), ddp, ...")
-@click.option("--workers", type=click.IntRange(min=0), show_default="chosen by the data module",
-              help="DataLoader worker processes.")
-@click.option("--augment-on", type=click.Choice(["auto", "workers", "device"]), default="auto",
-              show_default=True,
-              help="Where augmentation runs: per chip in the loader workers, or per batch on "
-              "the training device (auto: the device on CUDA/MPS, workers on the CPU).")
-@click.option("--logger", "logger_name", type=click.Choice(["csv", "wandb", "none"]),
-              default="csv", show_default=True,
-              help="csv: metrics.csv in the run folder; wandb: CSV plus Weights & Biases "
-              "(offline without an API key); none: no logs.")
-@click.option("--checkpoint-dir", type=click.Path(path_type=Path),
-              default=Path("checkpoints"), show_default=True,
-              help="Folder for the best checkpoint and last.ckpt.")
-@click.option("--run-dir", type=click.Path(path_type=Path), default=Path("runs"),
-              show_default=True,
-              help="Folder of per-run log folders (RUN_DIR/RUN_NAME/metrics.csv).")
-@click.option("--run-name", show_default="a timestamp", help="Name of this run's log folder.")
-@click.option("--resume", type=click.Path(path_type=Path),
-              help="Continue from this checkpoint (e.g. checkpoints/last.ckpt) with its epoch, "
-              "optimizer and scheduler state.")
-@click.option("--deterministic", is_flag=True,
-              help="Deterministic algorithms (identical reruns with the same seed on CPU).")
-@click.option("--fast-dev-run", is_flag=True,
-              help="Smoke test: one train and one val batch, no checkpoints or logs.")
-@click.option("--pretrained/--no-pretrained", default=True, show_default=True,
-              help="Start from ImageNet weights (downloaded; random weights when offline).")
-@click.option("--weights", "weights_path", type=click.Path(path_type=Path),
-              help="Local torchvision efficientnet_b0 state dict to start from.")
-@click.option("--max-time", help="Wall-clock limit DD:HH:MM:SS (stops after that time).")
-@click.option("--compile", is_flag=True,
-              help="Compile the network with torch.compile (slow start; for GPUs and long runs).")
-@click.option("--auto-batch-size", is_flag=True,
-              help="Largest batch that fits the GPU (Lightning's batch-size finder); "
-              "ignored with a warning on CPU.")
-def train_command(**options: Any) -> None:
-    """Train the wake keypoint model; writes checkpoints and CSV logs.
+def _click_type(spec: Any, hint: Any) -> Any:
+    """The Click parameter type of a :class:`wakemodel.config.TrainConfig` field."""
+    from wakemodel.config import field_choices, union_members
 
-    Prints the device at the start and, at the end, the best epoch, its
-    validation metrics and the path of the best checkpoint.
+    choices = field_choices(spec, hint)
+    if choices is not None:
+        return click.Choice(list(choices))
+    kinds = union_members(hint)
+    low, low_open = spec.metadata.get("min"), bool(spec.metadata.get("min_open"))
+    if Path in kinds:
+        return click.Path(path_type=Path)
+    if int in kinds:
+        return int if low is None else click.IntRange(min=int(low), min_open=low_open)
+    if float in kinds:
+        return float if low is None else click.FloatRange(min=low, min_open=low_open)
+    return str
+
+
+def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one option per user-facing ``TrainConfig`` field to ``command``, in field order.
+
+    Name, default, help, choices and range all come from the field (see
+    :mod:`wakemodel.config`): ``batch_size`` becomes ``--batch-size``, booleans
+    become ``--x`` flags (or ``--x/--no-x`` where negatable).
     """
-    from wakemodel.train import TrainConfig, train
+    from wakemodel.config import cli_fields, option_name
 
-    options["logger"] = options.pop("logger_name")
-    result = train(TrainConfig(**options))
+    for spec, hint in reversed(cli_fields()):
+        meta, name = spec.metadata, option_name(spec)
+        settings: dict[str, Any] = {"help": meta["help"]}
+        if meta["negatable"]:
+            declaration = f"{name}/--no-{name.removeprefix('--')}"
+            settings.update(default=spec.default, show_default=True)
+        elif meta["flag"]:
+            declaration = name
+            settings.update(is_flag=True, default=spec.default)
+        else:
+            declaration = name
+            settings.update(
+                type=_click_type(spec, hint),
+                default=spec.default,
+                show_default=meta["default_text"] or spec.default is not None,
+            )
+        command = click.option(declaration, spec.name, **settings)(command)
+    return command
+
+
+@main.command("train")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+    help="Run with the settings of this config.yaml (every run folder has one); options "
+    "given on the command line override it.",
+)
+@_train_options
+def train_command(config_file: Path | None, **options: Any) -> None:
+    """Train the wake keypoint model into a run folder RUN_DIR/RUN_NAME/.
+
+    The run folder holds config.yaml (the settings, for --config), metrics.csv
+    and checkpoints/ (the best checkpoint and last.ckpt, for --resume). Prints
+    the device at the start and, at the end, the best epoch, its validation
+    metrics and the paths.
+    """
+    from wakemodel.train import train
+
+    config = _train_config(click.get_current_context(), config_file, options)
+    result = train(config)
     click.echo(_train_summary(result))
 
 
+def _train_config(ctx: click.Context, config_file: Path | None, options: dict[str, Any]) -> Any:
+    """The ``TrainConfig`` of a ``train`` call: ``--config``'s values, then the options given.
+
+    Without ``--config`` the options (with their defaults) make the config;
+    with it, only options given explicitly (command line or environment)
+    override the file's values.
+    """
+    import dataclasses
+
+    from click.core import ParameterSource
+
+    from wakemodel.config import TrainConfig, load_config
+
+    if config_file is None:
+        return TrainConfig(**options)
+    defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    given = {
+        name: value for name, value in options.items()
+        if ctx.get_parameter_source(name) not in defaults
+    }
+    return dataclasses.replace(load_config(config_file), **given)
+
+
 def _train_summary(result: Any) -> str:
-    """Format a ``wakemodel.train.TrainResult`` as a table plus checkpoint paths."""
+    """Format a ``wakemodel.train.TrainResult``: best metrics, run folder, checkpoints."""
     from rich.console import Console
     from rich.table import Table
 
@@ -468,14 +376,27 @@ def _train_summary(result: Any) -> str:
     console = Console(width=100, color_system=None)
     with console.capture() as capture:
         console.print(table)
-    lines = [
-        capture.get().rstrip(),
-        f"Device: {result.device.description}",
-        f"Run folder (metrics.csv): {result.run_dir}",
-        f"Best checkpoint: {result.best_checkpoint or 'none written'}",
-    ]
+    lines = [capture.get().rstrip(), f"Device: {result.device.description}"]
+    if result.run_dir is None:
+        lines.append("Run folder: none written (--fast-dev-run)")
+    else:
+        lines.append(f"Run folder: {result.run_dir}")
+        if result.config_path is not None:
+            lines.append(
+                f"  Config: {result.config_path} (rerun: train --config {result.config_path})"
+            )
+        if result.metrics_path is not None:
+            lines.append(f"  Logs: {result.metrics_path}")
+        else:
+            lines.append("  Logs: none written (--logger none)")
+        if result.checkpoint_dir is not None:
+            lines.append(f"  Checkpoints: {result.checkpoint_dir}")
+    lines.append(f"Best checkpoint: {result.best_checkpoint or 'none written'}")
     if result.last_checkpoint is not None:
-        lines.append(f"Last checkpoint: {result.last_checkpoint} (continue with --resume)")
+        lines.append(
+            f"Last checkpoint: {result.last_checkpoint} "
+            f"(continue with --resume {result.last_checkpoint})"
+        )
     return "\n".join(lines)
 
 
@@ -499,14 +420,10 @@ def synth_command(
     geotiff: bool,
 ) -> None:
     """Write COUNT synthetic Sentinel-2 wake chips to OUT_DIR in the dataset's layout."""
-    import os
-
     from wakemodel.synthetic import generate_dataset
 
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1
-        )
+        workers = available_cores()
     root = generate_dataset(
         out_dir, count, seed, min_size=min_size, max_size=max_size, workers=workers,
         geotiff=geotiff,
@@ -521,7 +438,7 @@ def synth_command(
               help="Dataset folder to create (imgs/ and annotations/).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
               default=30.0, show_default=True, help="Network timeout per request in seconds.")
-@click.option("--api-url", default="https://zenodo.org/api/records/7947694", show_default=True,
+@click.option("--api-url", default=API_URL, show_default=True,
               help="Zenodo API address of the record (a mirror or a test server).")
 def download_command(dest: Path, timeout_s: float, api_url: str) -> None:
     """Download the ship-wake dataset from Zenodo, verify checksums and unpack it."""
@@ -573,7 +490,7 @@ def export_command(model: Path, export_format: str, int8: bool, out: Path) -> No
               help="Vessel latitude in degrees (with --lon).")
 @click.option("--lon", "vessel_lon", type=float, help="Vessel longitude in degrees (with --lat).")
 @click.option("--vessels", "vessels_csv", type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV of vessels (lat, lon, optional name or id) instead of --lat/--lon.")
+              help="CSV of vessels (lat, lon, optional name, id, mmsi) instead of --lat/--lon.")
 @click.option("--k", type=click.IntRange(min=1), default=1, show_default=True,
               help="Nearest platforms listed per vessel.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -583,7 +500,8 @@ def nearest_command(
 ) -> None:
     """Print the K platforms of PLATFORMS_CSV nearest to each vessel (great-circle km).
 
-    PLATFORMS_CSV has a header with lat, lon (degrees) and optionally name or id.
+    PLATFORMS_CSV has a header with lat (or latitude) and lon (or lng, long, longitude) in
+    degrees, any case, and optionally name, id and mmsi.
     """
     import json
     import math
@@ -621,7 +539,8 @@ def nearest_command(
               "DATA-holdout).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/demo"), show_default=True,
-              help="Folder for checkpoints, logs, evaluation.json and figures.")
+              help="Folder for evaluation.json, the figures and the training run folder "
+              "train/ (config.yaml, metrics.csv, checkpoints/).")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
               help="Training epochs.")
 @click.option("--image-size", type=click.IntRange(min=32), default=96, show_default=True,

@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,11 +36,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from wakemodel.errors import InputError, WakeModelError
+from wakemodel.keypoints import NUM_KEYPOINTS
 from wakemodel.preprocess import IMAGE_ERRORS, IMAGE_EXTENSIONS, check_image_size, load_image
 
 logger = logging.getLogger(__name__)
 
-NUM_KEYPOINTS = 3
 SPLIT_NAMES = ("train", "val", "test")
 
 _MISSING_DATA_HINT = (
@@ -432,16 +431,3 @@ def split_records_by_files(
             assigned[record.name] = split_name
             result[split_name].append(record)
     return result
-
-
-def __getattr__(name: str) -> Any:
-    """Load ``WakeDataModule`` (and Lightning with it) only when asked for.
-
-    Inference needs only the image functions of this module; keeping Lightning
-    out of its import saves seconds on every ``infer`` call.
-    """
-    if name == "WakeDataModule":
-        from wakemodel.datamodule import WakeDataModule
-
-        return WakeDataModule
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

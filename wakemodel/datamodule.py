@@ -1,8 +1,7 @@
 """``WakeDataModule``: the Lightning data module over an in-memory wake dataset.
 
 It lives apart from :mod:`wakemodel.data` so that inference, which needs only
-the image functions, never imports Lightning; ``wakemodel.data.WakeDataModule``
-still resolves to it.
+the image functions, never imports Lightning.
 """
 
 from __future__ import annotations
@@ -11,17 +10,20 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.accelerators import CUDAAccelerator, MPSAccelerator
 from torch.utils.data import DataLoader
 
 from wakemodel.augment import BatchWakeAugmentation, WakeAugmentation
+from wakemodel.config import AugmentPlace
 from wakemodel.data import (
     SPLIT_NAMES,
     Augmentation,
     WakeDataset,
+    WakeRecord,
     _default_num_workers,
     scan_dataset,
     split_records,
@@ -31,18 +33,31 @@ from wakemodel.errors import InputError
 
 logger = logging.getLogger(__name__)
 
+STAGE_SPLITS: dict[str, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+}
+"""The splits each Lightning stage decodes (``setup(None)``: all of them)."""
+
 
 class WakeDataModule(pl.LightningDataModule):
-    """Train/val/test loaders over a wake dataset held in memory.
+    """Train/val loaders over a wake dataset held in memory.
+
+    :meth:`setup` scans and splits the dataset once and decodes only the
+    splits its stage needs (:data:`STAGE_SPLITS`: ``fit`` train + val,
+    ``validate`` val, ``test`` test); later calls reuse what is decoded.
 
     The built-in training augmentation runs either per sample in the loader
-    workers (:class:`wakemodel.augment.WakeAugmentation`, on CPU; the default,
-    best without a GPU) or, with ``augment_on_device``, on whole batches after
-    they reach the training device (:class:`wakemodel.augment.BatchWakeAugmentation`
-    in :meth:`on_after_batch_transfer`, only while the trainer is training;
-    best on a GPU, where the per-sample CPU path would starve it). Both draw
-    from the same distributions. The device path needs this data module to be
-    passed to the Trainer, and a LightningModule overriding
+    workers (:class:`wakemodel.augment.WakeAugmentation`; best without a GPU)
+    or on whole batches after they reach the training device
+    (:class:`wakemodel.augment.BatchWakeAugmentation` in
+    :meth:`on_after_batch_transfer`, only while the trainer is training; best
+    on a GPU, where the per-sample CPU path would starve it). Both draw from
+    the same distributions. ``augment_on="auto"`` picks the device when the
+    attached trainer runs on CUDA or MPS, else the workers (also without a
+    trainer); it is resolved in :meth:`setup`. The device path needs this data
+    module to be passed to the Trainer, and a LightningModule overriding
     ``on_after_batch_transfer`` too makes Lightning warn and still use this one.
 
     Args:
@@ -55,13 +70,18 @@ class WakeDataModule(pl.LightningDataModule):
         split_files: Optional ``{"train"|"val"|"test": text file of names}``.
         augment: True for the built-in augmentation of the training set,
             False for none, or a custom per-sample augmentation callable.
-        augment_on_device: With ``augment=True``, augment training batches on
-            their device instead of per sample in the workers (ignored when
-            ``augment`` is False).
+        augment_on: Where the built-in augmentation runs: ``"workers"``,
+            ``"device"`` or ``"auto"`` (see above). Custom callables always
+            run in the workers.
+
+    Attributes:
+        datasets: The decoded splits by name (``"train"``, ``"val"``, ``"test"``).
+        device_augmentation: The batch augmentation when it runs on the device
+            (set by :meth:`setup`), else None.
 
     Raises:
-        InputError: A bad batch size or worker count, or ``augment_on_device``
-            with a custom augmentation callable.
+        InputError: A bad batch size, worker count or ``augment_on``, or
+            ``augment_on="device"`` with a custom augmentation callable.
     """
 
     def __init__(
@@ -74,18 +94,20 @@ class WakeDataModule(pl.LightningDataModule):
         split: Sequence[float] = (0.8, 0.1, 0.1),
         split_files: Mapping[str, str | os.PathLike[str]] | None = None,
         augment: bool | Augmentation = True,
-        augment_on_device: bool = False,
+        augment_on: AugmentPlace = "auto",
     ) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size {batch_size!r}: must be a positive integer.")
         if num_workers is not None and num_workers < 0:
             raise InputError(f"num_workers {num_workers!r}: must be 0 or more.")
-        if augment_on_device and not isinstance(augment, bool):
+        if augment_on not in get_args(AugmentPlace):
+            raise InputError(f"augment_on {augment_on!r}: choose auto, workers or device.")
+        if augment_on == "device" and not isinstance(augment, bool):
             raise InputError(
-                f"augment_on_device=True with the custom augmentation {augment!r}: custom "
+                f"augment_on='device' with the custom augmentation {augment!r}: custom "
                 "augmentations run per sample in the workers; pass augment=True or "
-                "augment_on_device=False."
+                "augment_on='workers'."
             )
         self.data_dir = Path(data_dir)
         self.image_size = image_size
@@ -97,38 +119,65 @@ class WakeDataModule(pl.LightningDataModule):
             None if split_files is None else {k: Path(v) for k, v in split_files.items()}
         )
         self.augment = augment
-        self.device_augmentation = (
-            BatchWakeAugmentation() if augment_on_device and augment is True else None
-        )
+        self.augment_on = augment_on
+        self.device_augmentation: BatchWakeAugmentation | None = None
         self.datasets: dict[str, WakeDataset] = {}
+        self._parts: dict[str, list[WakeRecord]] | None = None
+
+    def resolve_augment_on(self) -> str:
+        """Where the training augmentation runs: ``"workers"`` or ``"device"``.
+
+        ``auto`` is the device when the attached trainer's accelerator is CUDA
+        or MPS, else (also without a trainer) the workers. Custom callables and
+        ``augment=False`` always give ``"workers"``.
+        """
+        if self.augment is not True or self.augment_on == "workers":
+            return "workers"
+        if self.augment_on == "device":
+            return "device"
+        trainer = self.trainer
+        accelerator = None if trainer is None else getattr(trainer, "accelerator", None)
+        on_gpu = isinstance(accelerator, (CUDAAccelerator, MPSAccelerator))
+        return "device" if on_gpu else "workers"
 
     def setup(self, stage: str | None = None) -> None:
-        """Scan the dataset, split it and decode the images (once; later calls reuse them)."""
-        if self.datasets:
+        """Decode the splits ``stage`` needs (:data:`STAGE_SPLITS`; ``None``: all).
+
+        The dataset is scanned and split on the first call; splits already
+        decoded are reused. The training split's augmentation place is resolved
+        when it is decoded (:meth:`resolve_augment_on`).
+        """
+        names = STAGE_SPLITS.get(stage, SPLIT_NAMES) if stage else SPLIT_NAMES
+        missing = [name for name in names if name not in self.datasets]
+        if not missing:
             return
-        records = scan_dataset(self.data_dir)
-        if self.split_files is not None:
-            parts = split_records_by_files(records, self.split_files)
-        else:
-            parts = split_records(records, self.seed, self.split)
-        train_augment: Augmentation | None
-        if self.device_augmentation is not None:
-            train_augment = None
-        elif self.augment is True:
-            train_augment = WakeAugmentation(self.image_size)
-        else:
-            train_augment = self.augment or None
-        self.datasets = {
-            name: WakeDataset(
-                parts[name], self.image_size, train_augment if name == "train" else None
+        if self._parts is None:
+            records = scan_dataset(self.data_dir)
+            if self.split_files is not None:
+                self._parts = split_records_by_files(records, self.split_files)
+            else:
+                self._parts = split_records(records, self.seed, self.split)
+            logger.info(
+                "Split %s: %s",
+                self.data_dir,
+                ", ".join(f"{name} {len(self._parts[name])}" for name in SPLIT_NAMES),
             )
-            for name in SPLIT_NAMES
-        }
-        logger.info(
-            "Split %s: %s",
-            self.data_dir,
-            ", ".join(f"{name} {len(self.datasets[name])}" for name in SPLIT_NAMES),
-        )
+        for name in missing:
+            augment: Augmentation | None = None
+            if name == "train":
+                augment = self._training_augmentation()
+            self.datasets[name] = WakeDataset(self._parts[name], self.image_size, augment)
+
+    def _training_augmentation(self) -> Augmentation | None:
+        """The per-sample augmentation of the training set; sets :attr:`device_augmentation`."""
+        if self.resolve_augment_on() == "device":
+            self.device_augmentation = BatchWakeAugmentation()
+            logger.info("Augmentation: per batch on the training device")
+            return None
+        self.device_augmentation = None
+        if self.augment is True:
+            return WakeAugmentation(self.image_size)
+        return self.augment or None
 
     @property
     def train_dataset(self) -> WakeDataset:
@@ -146,8 +195,8 @@ class WakeDataModule(pl.LightningDataModule):
         return self._dataset("test")
 
     def _dataset(self, name: str) -> WakeDataset:
-        if not self.datasets:
-            self.setup()
+        if name not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[name])
         return self.datasets[name]
 
     def _loader(self, dataset: WakeDataset, train: bool) -> DataLoader[dict[str, torch.Tensor]]:
@@ -164,7 +213,7 @@ class WakeDataModule(pl.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Augment a training batch on its device when ``augment_on_device`` is set.
+        """Augment a training batch on its device when augmentation runs there.
 
         Args:
             batch: Collated dict with ``image`` float32 ``[B, 1, S, S]`` in [0, 1],
@@ -189,11 +238,3 @@ class WakeDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         """Validation batches in name order."""
         return self._loader(self.val_dataset, train=False)
-
-    def test_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
-        """Test batches in name order."""
-        return self._loader(self.test_dataset, train=False)
-
-    def predict_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
-        """Test-set batches in name order, for ``Trainer.predict``."""
-        return self._loader(self.test_dataset, train=False)

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 HOLDOUT_SEED_OFFSET = 1
 """The held-out evaluation set uses ``seed + 1``, so it shares no chip with training."""
 
+TRAIN_RUN_NAME = "train"
+"""The training run's folder inside the demo folder (``OUT/train/``; ``train-1`` ... if taken)."""
+
 
 @dataclass
 class DemoResult:
@@ -74,7 +77,9 @@ def run_demo(
 
     Args:
         data_dir: Training set (generated with ``seed`` when absent).
-        out_dir: Folder for the checkpoints, logs, evaluation JSON and figures.
+        out_dir: Folder for the evaluation JSON and figures; the training run
+            folder (``config.yaml``, ``metrics.csv``, ``checkpoints/``) is
+            ``OUT_DIR/train/`` (``train-1`` ... when taken).
         count: Number of training chips to generate.
         holdout_count: Number of held-out evaluation chips (seed ``seed + 1``),
             written to ``DATA_DIR-holdout``.
@@ -105,9 +110,8 @@ def run_demo(
             image_size=image_size,
             seed=seed,
             accelerator=accelerator,
-            checkpoint_dir=out_dir / "checkpoints",
-            run_dir=out_dir / "logs",
-            run_name="demo",
+            run_dir=out_dir,
+            run_name=TRAIN_RUN_NAME,
             warmup_epochs=1.0,
         )
     )
@@ -122,6 +126,7 @@ def run_demo(
         plot_prediction(read_image(chip), prediction, out_dir / "prediction.png"),
         evaluation.plot_predictions(out_dir / "predictions.png"),
         evaluation.plot_errors(out_dir / "errors.png"),
-        plot_training_history(training.run_dir, out_dir / "history.png"),
     ]
+    if training.metrics_path is not None:
+        figures.append(plot_training_history(training.metrics_path, out_dir / "history.png"))
     return DemoResult(training, evaluation, prediction, figures, report_path)

@@ -6,15 +6,16 @@ the torch device type, the name Lightning's ``Trainer(accelerator=...)`` wants,
 the numeric precision to train with, and a one-line description for logs.
 Asking for a GPU where none exists raises a one-line
 :class:`~wakemodel.errors.WakeModelError` suggesting ``--accelerator cpu``.
+torch is imported inside the functions, so the CLI can read
+:data:`ACCELERATORS` and :func:`available_cores` without it.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from typing import Literal
-
-import torch
 
 from wakemodel import __version__
 from wakemodel.errors import InputError, WakeModelError
@@ -47,11 +48,15 @@ class DeviceChoice:
 
 def _mps_available() -> bool:
     """Return True when Apple's Metal (MPS) backend can be used."""
+    import torch
+
     return torch.backends.mps.is_available()
 
 
 def _found_devices() -> str:
     """Describe the accelerators present, for error messages (one short phrase)."""
+    import torch
+
     found = []
     if torch.cuda.is_available():
         found.append(f"{torch.cuda.device_count()} CUDA GPU(s)")
@@ -73,6 +78,8 @@ def default_precision(accelerator: TorchDeviceType) -> str:
         ``"bf16-mixed"`` on CUDA GPUs that support bfloat16 (Ampere and newer),
         otherwise ``"32"`` (full float32; CPU, MPS and older CUDA GPUs).
     """
+    import torch
+
     if accelerator == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32"
@@ -80,6 +87,8 @@ def default_precision(accelerator: TorchDeviceType) -> str:
 
 def _describe(accelerator: TorchDeviceType, precision: str) -> str:
     """Return a one-line description of the device, precision and versions."""
+    import torch
+
     if accelerator == "cuda":
         device = (
             f"CUDA GPU {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} visible), "
@@ -113,6 +122,8 @@ def select_device(requested: str = "auto", precision: str | None = None) -> Devi
             one-line message names what was found and suggests
             ``--accelerator cpu``.
     """
+    import torch
+
     wanted = requested.strip().lower()
     if wanted not in ACCELERATORS:
         raise InputError(
@@ -155,6 +166,7 @@ def environment_info(choice: DeviceChoice) -> dict[str, str]:
         ``cudnn``, ``lightning``, ``python`` and ``wakemodel`` versions.
     """
     import pytorch_lightning as pl
+    import torch
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
@@ -168,3 +180,10 @@ def environment_info(choice: DeviceChoice) -> dict[str, str]:
         "python": platform.python_version(),
         "wakemodel": __version__,
     }
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wakemodel.errors import WakeModelError
+from wakemodel.errors import WakeModelError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,11 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {error.reason}"
     if isinstance(error, urllib.error.URLError):
-        return str(error.reason).splitlines()[0] if str(error.reason) else "unreachable"
-    return (str(error) or type(error).__name__).splitlines()[0]
+        reason = error.reason
+        if not isinstance(reason, BaseException):
+            reason = WakeModelError(str(reason))
+        return first_line(reason) if str(reason).strip() else "unreachable"
+    return first_line(error)
 
 
 def _open(url: str, timeout_s: float, dest: Path) -> Any:

@@ -12,3 +12,12 @@ class WakeModelError(Exception):
 
 class InputError(WakeModelError, ValueError):
     """An invalid argument value (also a ``ValueError`` for library callers)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name.
+
+    Used wherever a library's multi-line error is folded into one of ours.
+    """
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

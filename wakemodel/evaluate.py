@@ -16,12 +16,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from wakemodel.infer import KeypointPredictor, Prediction, predict
+from wakemodel.metrics import DEFAULT_GSD_M
+
+if TYPE_CHECKING:
+    import torch
 
 PUBLISHED_VERTEX_ERROR_FRAC = 0.10
 """Published bound on the vertex error as a fraction of the wake length."""
@@ -72,7 +75,7 @@ class EvaluationReport:
     predictions: list[Prediction] = field(repr=False)
     target_keypoints_px: np.ndarray = field(repr=False)
     target_visible: np.ndarray = field(repr=False)
-    gsd_m: float = 10.0
+    gsd_m: float = DEFAULT_GSD_M
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: summary, published thresholds and per-sample errors."""
@@ -228,7 +231,7 @@ def evaluate(
     *,
     batch_size: int = 16,
     tta: bool = False,
-    gsd_m: float = 10.0,
+    gsd_m: float = DEFAULT_GSD_M,
     accelerator: str = "auto",
     limit: int | None = None,
 ) -> EvaluationReport:
@@ -263,20 +266,20 @@ def evaluate(
         gsd_m=gsd_m,
         accelerator=accelerator,
     )
-    orig_size = torch.tensor([[r.width, r.height] for r in records], dtype=torch.float32)
+    orig_size = np.array([[r.width, r.height] for r in records], dtype=np.float32)
     target_px = np.stack([r.keypoints_px for r in records]).astype(np.float32)
     target_visible = np.stack([r.visible for r in records]).astype(bool)
     pred_px = np.stack([p.keypoints_px for p in predictions]).astype(np.float32)
     scale = orig_size[:, None, :]
     per_sample = metrics.keypoint_errors(
-        torch.from_numpy(pred_px) / scale,
-        torch.from_numpy(np.stack([p.visible for p in predictions])),
-        torch.from_numpy(target_px) / scale,
-        torch.from_numpy(target_visible),
+        pred_px / scale,
+        np.stack([p.visible for p in predictions]),
+        target_px / scale,
+        target_visible,
         orig_size,
         gsd_m=gsd_m,
     )
-    errors = {key: per_sample[key].detach().double().cpu().numpy() for key in METRIC_NAMES}
+    errors = {key: np.asarray(per_sample[key], dtype=np.float64) for key in METRIC_NAMES}
     return EvaluationReport(
         data_dir=root,
         names=[record.image_path.name for record in records],

@@ -17,11 +17,13 @@ the stem and the depthwise convolutions stay in float. The file is about 3x
 smaller; on x86 CPUs without VNNI it is not faster than fp32 (see
 ``benchmarks/README.md``).
 
-:class:`OnnxKeypointPredictor` runs such a file with ONNX Runtime and implements
-:class:`wakemodel.infer.KeypointPredictor`, so :func:`wakemodel.infer.predict`
-(and the ``infer`` CLI) accept ``.onnx`` models. onnx, onnxruntime and
-onnxscript are the optional extra ``wakemodel[onnx]``; they are imported only
-when used, and their absence is a one-line :class:`~wakemodel.errors.WakeModelError`.
+:class:`wakemodel.predictors.OnnxPredictor` (also importable here under its
+old name ``OnnxKeypointPredictor``) runs such a file with ONNX Runtime, so
+:func:`wakemodel.infer.predict` (and the ``infer`` CLI) accept ``.onnx`` models;
+the input/output contract constants live in :mod:`wakemodel.predictors`. onnx,
+onnxruntime and onnxscript are the optional extra ``wakemodel[onnx]``; they are
+imported only when used, and their absence is a one-line
+:class:`~wakemodel.errors.WakeModelError`.
 """
 
 from __future__ import annotations
@@ -32,49 +34,38 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from wakemodel import __version__
 from wakemodel._io import atomic_path
-from wakemodel.errors import InputError, WakeModelError
+from wakemodel.errors import InputError
+from wakemodel.predictors import (
+    INPUT_NAME,
+    METADATA_KEYS,
+    OUTPUT_NAMES,
+    OnnxPredictor,
+    TorchPredictor,
+    load_predictor,
+)
+from wakemodel.predictors import require as _require
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-"""ONNX input: float32 ``[B, 1, S, S]`` in [0, 1]."""
-
-OUTPUT_NAMES = ("keypoints", "visibility")
-"""ONNX outputs: normalised keypoints ``[B, 3, 2]`` and visibility probabilities ``[B, 3]``."""
+__all__ = [
+    "INPUT_NAME",
+    "METADATA_KEYS",
+    "OPSET_VERSION",
+    "OUTPUT_NAMES",
+    "OnnxKeypointPredictor",
+    "export_onnx",
+]
 
 OPSET_VERSION = 18
 """ONNX opset of the exported graph."""
 
-METADATA_KEYS = {
-    "image_size": "wakemodel.image_size",
-    "input_scale": "wakemodel.input_scale",
-    "preprocessing": "wakemodel.preprocessing",
-    "normalization": "wakemodel.normalization",
-    "outputs": "wakemodel.outputs",
-    "precision": "wakemodel.precision",
-    "version": "wakemodel.version",
-    "source": "wakemodel.source_checkpoint",
-}
-"""Names of the ``metadata_props`` an exported file carries."""
-
-_INSTALL_HINT = "install the ONNX extra: pip install 'wakemodel[onnx]'"
-
-
-def _require(module_name: str) -> Any:
-    """Import an optional ONNX dependency, or raise a one-line install hint."""
-    import importlib
-
-    try:
-        return importlib.import_module(module_name)
-    except ImportError as error:
-        raise WakeModelError(f"{module_name} is not installed; {_INSTALL_HINT}.") from error
+OnnxKeypointPredictor = OnnxPredictor
+"""The ONNX Runtime backend (:class:`wakemodel.predictors.OnnxPredictor`), by its old name."""
 
 
 def _metadata(image_size: int, precision: str, source: Path) -> dict[str, str]:
@@ -212,16 +203,14 @@ def export_onnx(
             extra is not installed.
         InputError: ``out`` does not end in ``.onnx``.
     """
-    from wakemodel.infer import TorchKeypointPredictor, load_model
-
     out_path = Path(out)
     if out_path.suffix.lower() != ".onnx":
         raise InputError(f"--out {out_path}: the file name must end in .onnx.")
     _require("onnx")
     if int8:
         _require("onnxruntime")
-    predictor = load_model(checkpoint, accelerator="cpu")
-    if not isinstance(predictor, TorchKeypointPredictor):
+    predictor = load_predictor(checkpoint, accelerator="cpu")
+    if not isinstance(predictor, TorchPredictor):
         raise InputError(f"{checkpoint}: export needs a .ckpt checkpoint written by `train`.")
     detector = predictor.module.float().to(memory_format=_contiguous_format())
     metadata = _metadata(predictor.image_size, "int8" if int8 else "fp32", Path(checkpoint))
@@ -243,64 +232,3 @@ def _contiguous_format() -> torch.memory_format:
     import torch
 
     return torch.contiguous_format
-
-
-class OnnxKeypointPredictor:
-    """A :class:`wakemodel.infer.KeypointPredictor` running an exported ONNX file.
-
-    Args:
-        path: ``.onnx`` file written by :func:`export_onnx`.
-        threads: ONNX Runtime intra-op threads; ``None`` lets ONNX Runtime choose.
-
-    Attributes:
-        image_size: Network input side S (pixels), from the file's metadata.
-        metadata: The file's ``metadata_props``.
-        path: The model file.
-
-    Raises:
-        WakeModelError: onnxruntime is missing, or the file is missing, is not
-            an ONNX model, or lacks the wakemodel metadata.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise WakeModelError(
-                f"ONNX model not found: {self.path}; write one with `python cli.py export`."
-            )
-        onnxruntime = _require("onnxruntime")
-        options = onnxruntime.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = onnxruntime.InferenceSession(
-                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as error:  # onnxruntime raises its own untyped errors
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise WakeModelError(
-                f"{self.path} is not a readable ONNX model ({first_line[:200]}); "
-                "write one with `python cli.py export`."
-            ) from error
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-        size_text = self.metadata.get(METADATA_KEYS["image_size"], "")
-        if not size_text.isdigit() or int(size_text) < 1:
-            raise WakeModelError(
-                f"{self.path} has no '{METADATA_KEYS['image_size']}' metadata; "
-                "export it with `python cli.py export`."
-            )
-        self.image_size = int(size_text)
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run the network.
-
-        Args:
-            images: float32 ``[B, 1, S, S]`` in [0, 1].
-
-        Returns:
-            Normalised keypoints float32 ``[B, 3, 2]`` and visibility probabilities
-            float32 ``[B, 3]``.
-        """
-        batch = np.ascontiguousarray(images, dtype=np.float32)
-        keypoints, visibility = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-        return keypoints, visibility

@@ -35,6 +35,7 @@ Only numpy is imported with this module; scipy is imported by
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -74,12 +75,26 @@ class LabelledPoints(NamedTuple):
     Attributes:
         lats: float64 ``[M]`` latitudes in degrees.
         lons: float64 ``[M]`` longitudes in degrees, normalised to [-180, 180).
-        labels: ``M`` names (the ``name`` column, else ``id``, else the row index).
+        labels: ``M`` names (the ``name`` column, else ``id``, else ``mmsi``,
+            else the 0-based row index).
+        ids: ``M`` identifiers (the ``id`` column, else ``mmsi``, else the
+            0-based row index); None when built without ids.
     """
 
     lats: np.ndarray
     lons: np.ndarray
     labels: list[str]
+    ids: list[str] | None = None
+
+
+CSV_COLUMNS = {
+    "lat": ("lat", "latitude"),
+    "lon": ("lon", "lng", "long", "longitude"),
+    "name": ("name",),
+    "id": ("id",),
+    "mmsi": ("mmsi",),
+}
+"""Header names :func:`read_points_csv` accepts per field (compared case-insensitively)."""
 
 
 def _float_array(values: ArrayLike, name: str) -> np.ndarray:
@@ -703,19 +718,35 @@ def closest_point_of_approach(
     return np.where(behind, current, cross_track), np.where(behind, 0.0, along_track)
 
 
-def read_points_csv(path: Path) -> LabelledPoints:
-    """Read points from a CSV file with columns ``lat``, ``lon`` and optional ``name``/``id``.
+def _csv_columns(header: list[str]) -> dict[str, int]:
+    """Column index per field of :data:`CSV_COLUMNS` found in a lower-cased header."""
+    found: dict[str, int] = {}
+    for key, names in CSV_COLUMNS.items():
+        index = next((header.index(name) for name in names if name in header), None)
+        if index is not None:
+            found[key] = index
+    return found
+
+
+def read_points_csv(path: str | os.PathLike[str]) -> LabelledPoints:
+    """Read named points (platforms, vessels) from a CSV file with a header row.
+
+    Accepted headers, in any case: ``lat`` or ``latitude``; ``lon``, ``lng``,
+    ``long`` or ``longitude``; optional ``name``, ``id`` and ``mmsi``. Blank
+    rows are skipped.
 
     Args:
-        path: CSV file with a header row (column names are case-insensitive).
+        path: CSV file.
 
     Returns:
-        The points in file order.
+        The points in file order, with labels (name, else id, else mmsi, else
+        the 0-based row index) and ids (id, else mmsi, else the row index).
 
     Raises:
-        WakeModelError: Unreadable file, missing columns, no rows, or a row
-            with a missing, non-numeric or out-of-range coordinate (one line
-            naming the file and the row's line number).
+        WakeModelError: Unreadable file, missing columns (the message names the
+            columns found and those expected), no rows, or a row with a
+            missing, non-numeric or out-of-range coordinate (one line naming
+            the file and the row's line number).
     """
     import csv
 
@@ -727,40 +758,45 @@ def read_points_csv(path: Path) -> LabelledPoints:
     if not rows:
         raise WakeModelError(f"{path}: empty file; expected a header with lat, lon.")
     header = [column.strip().lower() for column in rows[0]]
-    missing = [column for column in ("lat", "lon") if column not in header]
+    columns = _csv_columns(header)
+    missing = [key for key in ("lat", "lon") if key not in columns]
     if missing:
+        found = ", ".join(column for column in header if column) or "none"
         raise WakeModelError(
-            f"{path}: missing column(s) {', '.join(missing)}; the header needs lat, lon "
-            "and optionally name or id."
+            f"{path}: missing column(s) {', '.join(missing)} (found: {found}); the header "
+            "needs lat (or latitude) and lon (or lng, long, longitude), optionally name, id, mmsi."
         )
-    lat_col, lon_col = header.index("lat"), header.index("lon")
-    label_col = next((header.index(c) for c in ("name", "id") if c in header), None)
-    lats, lons, labels = [], [], []
+
+    def cell(row: list[str], key: str) -> str:
+        index = columns.get(key)
+        return row[index].strip() if index is not None and index < len(row) else ""
+
+    lats, lons, labels, ids = [], [], [], []
     for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
+        if not any(value.strip() for value in row):
             continue
         values = []
-        for column, limit in ((lat_col, 90.0), (lon_col, math.inf)):
-            cell = row[column].strip() if column < len(row) else ""
+        for key, limit in (("lat", 90.0), ("lon", math.inf)):
+            text = cell(row, key)
             try:
-                value = float(cell)
+                value = float(text)
             except ValueError:
                 value = math.nan
             if not math.isfinite(value) or abs(value) > limit:
                 expected = "a latitude in [-90, 90]" if limit == 90.0 else "a finite longitude"
                 raise WakeModelError(
-                    f"{path} row {line}: {header[column]} {cell!r} is not {expected}."
+                    f"{path} row {line}: {header[columns[key]]} {text!r} is not {expected}."
                 )
             values.append(value)
+        position = str(len(lats))
         lats.append(values[0])
         lons.append(values[1])
-        label = row[label_col].strip() if label_col is not None and label_col < len(row) else ""
-        labels.append(label or str(len(labels)))
+        identifier = cell(row, "id") or cell(row, "mmsi") or position
+        labels.append(cell(row, "name") or identifier)
+        ids.append(identifier)
     if not lats:
         raise WakeModelError(f"{path}: no data rows below the header.")
-    return LabelledPoints(
-        np.array(lats), _check_lon(np.array(lons), "lon"), labels
-    )
+    return LabelledPoints(np.array(lats), _check_lon(np.array(lons), "lon"), labels, ids)
 
 
 def nearest_records(

@@ -38,12 +38,36 @@ from affine import Affine, loadsw
 from pyproj.exceptions import CRSError
 
 from wakemodel import geo
-from wakemodel.errors import InputError, WakeModelError
+from wakemodel import keypoints as kp
+from wakemodel.errors import InputError, WakeModelError, first_line
+from wakemodel.geofiles import (
+    IN_MEMORY_REASON,
+    TIFF_SUFFIXES,
+    no_world_file_reason,
+    world_file_candidates,
+)
+from wakemodel.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
+from wakemodel.metrics import DEFAULT_GSD_M
 
 logger = logging.getLogger(__name__)
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-"""Image suffixes read as GeoTIFF with rasterio."""
+__all__ = [
+    "TIFF_SUFFIXES",
+    "GeoLocation",
+    "GeoReference",
+    "NotGeoreferencedError",
+    "PlatformApproach",
+    "Platforms",
+    "geolocate",
+    "geolocate_predictions",
+    "make_platforms",
+    "north_sea_transform",
+    "parse_crs",
+    "read_georeference",
+    "read_platforms",
+    "world_file_candidates",
+    "write_geotiff",
+]
 
 
 class NotGeoreferencedError(WakeModelError):
@@ -68,29 +92,9 @@ def parse_crs(crs: str | pyproj.CRS) -> pyproj.CRS:
         return pyproj.CRS.from_user_input(crs)
     except CRSError as error:
         raise InputError(
-            f"CRS {crs!r} is not recognised ({str(error).splitlines()[0]}); "
+            f"CRS {crs!r} is not recognised ({first_line(error)}); "
             "give one such as EPSG:32631."
         ) from error
-
-
-def world_file_candidates(image_path: str | os.PathLike[str]) -> list[Path]:
-    """World files that may georeference ``image_path``, in the order they are tried.
-
-    For ``chip.png``: ``chip.pgw``, ``chip.pngw``, ``chip.wld``, ``chip.png.wld``
-    (the first and last letters of the suffix plus ``w``, the suffix plus ``w``,
-    then ``.wld``); for ``chip.tif`` the first one is ``chip.tfw``.
-
-    Args:
-        image_path: Image file.
-
-    Returns:
-        Candidate paths (existing or not).
-    """
-    path = Path(image_path)
-    suffix = path.suffix.lower()
-    names = [f"{suffix[:2]}{suffix[-1]}w", f"{suffix}w", ".wld"] if len(suffix) > 1 else [".wld"]
-    candidates = [path.with_suffix(name) for name in dict.fromkeys(names)]
-    return [*candidates, path.with_name(path.name + ".wld")]
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,10 @@ class GeoReference:
 
     @classmethod
     def from_path(
-        cls, image_path: str | os.PathLike[str], crs: str | pyproj.CRS | None = None
+        cls,
+        image_path: str | os.PathLike[str],
+        crs: str | pyproj.CRS | None = None,
+        size: tuple[int, int] | None = None,
     ) -> GeoReference:
         """Read the georeferencing of an image.
 
@@ -145,6 +152,8 @@ class GeoReference:
         Args:
             image_path: Image file (GeoTIFF, or any image with a world file).
             crs: CRS for images whose files carry none (``EPSG:32631``, WKT...).
+            size: The image's (width, height) in pixels when already known, so a
+                world-file image is not opened again.
 
         Returns:
             The chip's georeference.
@@ -159,7 +168,7 @@ class GeoReference:
         if path.suffix.lower() in TIFF_SUFFIXES:
             transform, file_crs, (width, height) = _read_geotiff(path)
         else:
-            transform, (width, height) = _read_world_file(path)
+            transform, (width, height) = _read_world_file(path, size)
             file_crs = None
         chosen = file_crs or _read_prj(path) or fallback_crs
         if chosen is None:
@@ -348,7 +357,7 @@ def _read_geotiff(path: Path) -> tuple[Affine, pyproj.CRS | None, tuple[int, int
                 size = (dataset.width, dataset.height)
     except RasterioIOError as error:
         raise NotGeoreferencedError(
-            f"{path.name}: rasterio cannot read it ({str(error).splitlines()[0]})."
+            f"{path.name}: rasterio cannot read it ({first_line(error)})."
         ) from error
     if transform.is_identity:
         raise NotGeoreferencedError(
@@ -359,23 +368,27 @@ def _read_geotiff(path: Path) -> tuple[Affine, pyproj.CRS | None, tuple[int, int
     return transform, crs, size
 
 
-def _read_world_file(path: Path) -> tuple[Affine, tuple[int, int]]:
-    """Transform from the first world file beside ``path``, and the image's (width, height)."""
+def _read_world_file(
+    path: Path, size: tuple[int, int] | None = None
+) -> tuple[Affine, tuple[int, int]]:
+    """Transform from the first world file beside ``path``, and the image's (width, height).
+
+    The image is opened for its size only when ``size`` is None.
+    """
     from PIL import Image
 
     candidates = world_file_candidates(path)
     world_file = next((candidate for candidate in candidates if candidate.is_file()), None)
     if world_file is None:
-        raise NotGeoreferencedError(
-            f"{path.name}: not a GeoTIFF and no world file beside it "
-            f"({', '.join(candidate.name for candidate in candidates)})."
-        )
+        raise NotGeoreferencedError(no_world_file_reason(path))
     try:
         transform = loadsw(world_file.read_text(encoding="utf-8", errors="replace"))
     except ValueError as error:
         raise NotGeoreferencedError(
             f"{world_file.name}: not a valid world file ({error}); it needs 6 numbers."
         ) from error
+    if size is not None:
+        return transform, (int(size[0]), int(size[1]))
     try:
         with Image.open(path) as image:
             size = image.size
@@ -395,18 +408,21 @@ def _read_prj(path: Path) -> pyproj.CRS | None:
         return pyproj.CRS.from_user_input(prj.read_text(encoding="utf-8", errors="replace"))
     except CRSError as error:
         raise NotGeoreferencedError(
-            f"{prj.name}: not a CRS pyproj can read ({str(error).splitlines()[0]})."
+            f"{prj.name}: not a CRS pyproj can read ({first_line(error)})."
         ) from error
 
 
 def read_georeference(
-    image_path: str | os.PathLike[str], crs: str | pyproj.CRS | None = None
+    image_path: str | os.PathLike[str],
+    crs: str | pyproj.CRS | None = None,
+    size: tuple[int, int] | None = None,
 ) -> tuple[GeoReference | None, str | None]:
     """Like :meth:`GeoReference.from_path`, but return ``(None, reason)`` instead of raising.
 
     Args:
         image_path: Image file.
         crs: CRS for images whose files carry none.
+        size: The image's (width, height) when already known (not re-read).
 
     Returns:
         ``(georeference, None)``, or ``(None, one-line reason)``.
@@ -415,7 +431,7 @@ def read_georeference(
         InputError: ``crs`` is not a valid CRS.
     """
     try:
-        return GeoReference.from_path(image_path, crs=crs), None
+        return GeoReference.from_path(image_path, crs=crs, size=size), None
     except NotGeoreferencedError as error:
         return None, str(error)
 
@@ -427,8 +443,8 @@ class Platforms:
     Attributes:
         points: Latitudes, longitudes (degrees) and labels, as
             :func:`wakemodel.geo.read_points_csv` reads them (label: the
-            ``name`` column, else ``id``, else the row index).
-        ids: ``[M]`` the ``id`` column's values, else the 0-based row index.
+            ``name`` column, else ``id``, else ``mmsi``, else the row index).
+        ids: ``[M]`` the ``id`` column's values, else ``mmsi``, else the 0-based row index.
         index: Nearest-neighbour index over the points.
     """
 
@@ -472,34 +488,20 @@ def make_platforms(
 
 
 def read_platforms(path: str | os.PathLike[str]) -> Platforms:
-    """Read platforms from a CSV file with columns ``lat``, ``lon`` and optional ``name``, ``id``.
-
-    Coordinates and names are read by :func:`wakemodel.geo.read_points_csv`
-    (the reader of ``cli.py nearest``, with its checks and messages); the
-    ``id`` column, when there is one, is kept beside them.
+    """Read platforms from a CSV file (see :func:`wakemodel.geo.read_points_csv`).
 
     Args:
-        path: CSV file.
+        path: CSV file with lat/latitude, lon/lng/long/longitude and optional
+            name, id, mmsi columns (any case).
 
     Returns:
-        The platforms, indexed.
+        The platforms with their names and ids, indexed.
 
     Raises:
         WakeModelError: Unreadable or invalid CSV (one line naming file and row).
     """
-    import csv
-
     points = geo.read_points_csv(Path(path))
-    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
-        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
-    header = [column.strip().lower() for column in rows[0]]
-    id_column = header.index("id") if "id" in header else None
-    ids = [
-        row[id_column].strip() if id_column is not None and id_column < len(row) else ""
-        for row in rows[1:]
-    ]
-    ids = [value or str(position) for position, value in enumerate(ids)]
-    return Platforms(points, ids, geo.PlatformIndex(points.lats, points.lons))
+    return Platforms(points, list(points.ids), geo.PlatformIndex(points.lats, points.lons))
 
 
 @dataclass(frozen=True)
@@ -640,17 +642,6 @@ def _round_or_none(value: float, digits: int) -> float | None:
     return None if math.isnan(value) else round(float(value), digits)
 
 
-def angle_between_deg(bearing1_deg: Any, bearing2_deg: Any) -> np.ndarray:
-    """Unsigned angle between two bearings, in degrees [0, 180] (broadcast shape)."""
-    difference = np.abs((np.asarray(bearing1_deg, np.float64)
-                         - np.asarray(bearing2_deg, np.float64)) % 360.0)
-    return np.minimum(difference, 360.0 - difference)
-
-
-KEYPOINT_NAMES = ("vertex", "end_1", "end_2")
-"""Names of the 3 keypoint slots, as ``wakemodel.infer.KEYPOINT_NAMES`` (which loads torch)."""
-
-
 def geolocate(
     georef: GeoReference,
     keypoints_px: np.ndarray,
@@ -679,8 +670,8 @@ def geolocate(
         InputError: The vertex is not visible, a bad count or threshold, or
             ``within_km`` without platforms.
     """
-    keypoints_px = np.asarray(keypoints_px, np.float64).reshape(len(KEYPOINT_NAMES), 2)
-    visible = np.asarray(visible, bool).reshape(len(KEYPOINT_NAMES))
+    keypoints_px = np.asarray(keypoints_px, np.float64).reshape(NUM_KEYPOINTS, 2)
+    visible = np.asarray(visible, bool).reshape(NUM_KEYPOINTS)
     if not visible[0]:
         raise InputError("The wake vertex is not visible; there is no vessel position to locate.")
     if nearest_count < 1:
@@ -690,14 +681,14 @@ def geolocate(
     lon, lat = georef.pixel_to_lonlat(keypoints_px[:, 0], keypoints_px[:, 1])
     far_ends = tuple(
         (KEYPOINT_NAMES[slot], float(lat[slot]), float(lon[slot]))
-        for slot in range(1, len(KEYPOINT_NAMES)) if visible[slot]
+        for slot in range(1, NUM_KEYPOINTS) if visible[slot]
     )
     vertex_x, vertex_y = keypoints_px[0]
     heading_true = heading_grid = length_m = math.nan
     if visible[1:].any():
-        far_x, far_y = keypoints_px[1:][visible[1:]].mean(axis=0)
+        far_x, far_y = kp.far_end_px(keypoints_px, visible)
         heading_true = float(georef.azimuth_deg(far_x, far_y, vertex_x, vertex_y))
-        image_bearing = math.degrees(math.atan2(vertex_x - far_x, far_y - vertex_y)) % 360.0
+        image_bearing = float(kp.heading_deg(keypoints_px, visible))
         heading_grid = float(georef.grid_bearing_deg(vertex_x, vertex_y, image_bearing))
         length_m = float(georef.ground_distance_m(far_x, far_y, vertex_x, vertex_y))
     approaches: tuple[PlatformApproach, ...] = ()
@@ -734,7 +725,7 @@ def _approaches(
     bearings = geo.initial_bearing_deg(vessel_lat, vessel_lon, lats, lons)
     cpa_km, along_km = geo.closest_point_of_approach(vessel_lat, vessel_lon, heading_deg,
                                                      lats, lons)
-    angles = angle_between_deg(heading_deg, bearings)
+    angles = kp.angle_difference_deg(heading_deg, bearings)
     return tuple(
         PlatformApproach(
             name=platforms.points.labels[index],
@@ -781,10 +772,11 @@ def geolocate_predictions(
     located = []
     for prediction in predictions:
         if prediction.source is None:
-            located.append(replace(prediction, geo=None,
-                                   geo_note="an in-memory array has no georeferencing."))
+            located.append(replace(prediction, geo=None, geo_note=IN_MEMORY_REASON))
             continue
-        georef, reason = read_georeference(prediction.source, crs=crs)
+        georef, reason = read_georeference(
+            prediction.source, crs=crs, size=(prediction.width, prediction.height)
+        )
         if georef is None:
             located.append(replace(prediction, geo=None, geo_note=reason))
             continue
@@ -803,7 +795,7 @@ NORTH_SEA_BOX = (3.0, 7.0, 54.0, 56.5)
 
 
 def north_sea_transform(
-    rng: np.random.Generator, pixel_m: float = 10.0
+    rng: np.random.Generator, pixel_m: float = DEFAULT_GSD_M
 ) -> tuple[Affine, pyproj.CRS]:
     """A random north-up UTM chip transform in the open North Sea.
 

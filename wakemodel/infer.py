@@ -1,102 +1,79 @@
-"""Inference: load a trained model and predict wake keypoints on new chips.
+"""Inference: from chips to wakes, headings, positions and platforms.
 
-``load_model`` turns a checkpoint written by ``train`` into a
-:class:`KeypointPredictor`, a small interface (``image_size`` and a call on a
-batch of network inputs) that other backends can implement too. ``predict``
-reads chips of any size through the same preprocessing as training
-(:mod:`wakemodel.preprocess`),
-optionally averages over the 8 dihedral transforms (test-time augmentation),
-maps the keypoints back to original-image pixels and derives the heading and
-the wake length with :mod:`wakemodel.metrics`.
+The chain is: read pixels (:mod:`wakemodel.preprocess`) -> preprocess -> a model
+backend (:mod:`wakemodel.predictors`: a checkpoint or an ONNX file) ->
+keypoints in original pixels -> heading and wake length
+(:mod:`wakemodel.keypoints`) -> georeference and platforms
+(:mod:`wakemodel.georef`, only for chips that may be georeferenced) -> JSON,
+table and plots. :func:`predict` gives the predictions alone; :func:`run` gives
+an :class:`InferenceReport` holding everything ``python cli.py infer`` prints.
 
-Only a ``.ckpt`` model (and test-time augmentation, which matches arm orders
-with :mod:`wakemodel.losses`) imports torch; an ``.onnx`` model runs with numpy,
-PIL and ONNX Runtime alone, so the ``infer`` command starts fast.
+Test-time augmentation averages over the 8 dihedral transforms of the network
+input, matching arm orders with :func:`wakemodel.keypoints.match_arm_order`
+(numpy). Only a ``.ckpt`` model imports torch; an ``.onnx`` model runs with
+numpy, PIL and ONNX Runtime alone, and pyproj/rasterio are imported only for
+geo options or chips that may be georeferenced, so the ``infer`` command
+starts fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-import pickle
 import sys
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from wakemodel import metrics, preprocess
+from wakemodel import keypoints as kp
+from wakemodel import preprocess
 from wakemodel.errors import InputError, WakeModelError
+from wakemodel.keypoints import KEYPOINT_NAMES
+from wakemodel.metrics import DEFAULT_GSD_M
+from wakemodel.predictors import KeypointPredictor, Predictor, TorchPredictor, load_predictor
 
 if TYPE_CHECKING:
     import torch
 
-    from wakemodel.georef import GeoLocation
+    from wakemodel.georef import GeoLocation, Platforms
+
+__all__ = [
+    "KEYPOINT_NAMES",
+    "PLOT_SUFFIXES",
+    "ImageInput",
+    "InferenceReport",
+    "KeypointPredictor",
+    "Prediction",
+    "Predictor",
+    "TorchKeypointPredictor",
+    "as_predictor",
+    "check_plot_path",
+    "find_images",
+    "format_table",
+    "load_model",
+    "predict",
+    "predict_batch",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
-
-KEYPOINT_NAMES = ("vertex", "end_1", "end_2")
-"""Names of the 3 keypoint slots: the wake vertex (vessel), then the wake ends."""
 
 ImageInput = Union[str, "os.PathLike[str]", np.ndarray]
 """One chip: a path to an image file, or a raw grey image array ``[H, W]``."""
 
+TorchKeypointPredictor = TorchPredictor
+"""The torch backend (:class:`wakemodel.predictors.TorchPredictor`), by its old name."""
 
-@runtime_checkable
-class KeypointPredictor(Protocol):
-    """What ``predict`` needs from a model backend (Lightning checkpoint, ONNX, ...).
+load_model = load_predictor
+"""Open a ``.ckpt`` or ``.onnx`` model (:func:`wakemodel.predictors.load_predictor`)."""
 
-    Attributes:
-        image_size: Side S (pixels) of the square network input.
-    """
-
-    image_size: int
-
-    def __call__(self, images: np.ndarray) -> tuple[Any, Any]:
-        """Run the network on a batch.
-
-        Args:
-            images: float32 ``[B, 1, S, S]`` in [0, 1] (preprocessed chips).
-
-        Returns:
-            ``(keypoints, visibility)``: normalised keypoints ``[B, 3, 2]`` as
-            (x, y) in [0, 1] and visibility probabilities ``[B, 3]``, as numpy
-            arrays or torch tensors.
-        """
-        ...
-
-
-class TorchKeypointPredictor:
-    """A :class:`KeypointPredictor` running the network with torch.
-
-    Args:
-        module: An ``EfficientNetB0KeypointDetector`` (as :func:`load_model`
-            builds it) or a ``WakeKeypointModule``; its forward returns a ``KeypointOutput``
-            ``(keypoints [B,3,2] normalised, visibility_logits [B,3])``.
-        image_size: Side S (pixels) of the square network input.
-        device: Device the module lives on and inputs are sent to.
-    """
-
-    def __init__(self, module: torch.nn.Module, image_size: int, device: torch.device) -> None:
-        self.module = module.eval()
-        self.image_size = int(image_size)
-        self.device = device
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Predict normalised keypoints ``[B,3,2]`` and visibility probabilities ``[B,3]``."""
-        import torch
-
-        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
-        with torch.inference_mode():
-            keypoints, visibility_logits = self.module(batch)
-        return (
-            keypoints.float().cpu().numpy(),
-            torch.sigmoid(visibility_logits.float()).cpu().numpy(),
-        )
+PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+"""``--plot`` targets with these suffixes are one file; anything else is a folder."""
 
 
 @dataclass
@@ -179,81 +156,6 @@ def _json_float(value: float, digits: int) -> float | None:
     return None if math.isnan(value) else round(float(value), digits)
 
 
-def load_model(path: str | os.PathLike[str], accelerator: str = "auto") -> KeypointPredictor:
-    """Load a checkpoint written by ``train`` as a ready-to-run predictor.
-
-    The network, its input size and its normalisation come from the
-    checkpoint's hyperparameters; pretrained weights are never downloaded.
-
-    Args:
-        path: Lightning ``.ckpt`` file, or an ``.onnx`` file written by ``export``
-            (run with ONNX Runtime on the CPU; needs the ``[onnx]`` extra).
-        accelerator: ``auto``, ``cpu``, ``gpu``, ``cuda`` or ``mps`` (as in training);
-            ignored for ``.onnx`` files.
-
-    Returns:
-        A :class:`TorchKeypointPredictor` on the selected device, or a
-        :class:`wakemodel.export.OnnxKeypointPredictor` for ``.onnx`` files.
-
-    Raises:
-        WakeModelError: The file is missing, is not a checkpoint, or does not
-            hold a wakemodel network (one line naming the file).
-    """
-    if Path(path).suffix.lower() == ".onnx":
-        from wakemodel.export import OnnxKeypointPredictor
-
-        return OnnxKeypointPredictor(path)
-    import torch
-
-    from wakemodel.devices import select_device
-    from wakemodel.network import detector_from_checkpoint
-
-    checkpoint_path = Path(path)
-    if not checkpoint_path.is_file():
-        raise WakeModelError(
-            f"Model checkpoint not found: {checkpoint_path}; pass a .ckpt file written by `train`."
-        )
-    if not zipfile.is_zipfile(checkpoint_path):
-        raise WakeModelError(
-            f"{checkpoint_path} is not a model checkpoint (not a PyTorch file); "
-            "pass a .ckpt file written by `train`."
-        )
-    device = torch.device(select_device(accelerator).accelerator)
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        image_size = checkpoint["hyper_parameters"].get("image_size")
-        detector = detector_from_checkpoint(checkpoint)
-    except pickle.UnpicklingError as exc:
-        raise WakeModelError(
-            f"{checkpoint_path} holds Python objects that safe loading (weights_only) refuses; "
-            "load only checkpoints written by `train`."
-        ) from exc
-    except (zipfile.BadZipFile, EOFError, RuntimeError) as exc:
-        raise WakeModelError(
-            f"{checkpoint_path} is not a readable model checkpoint ({_first_line(exc)}); "
-            "pass a .ckpt file written by `train`."
-        ) from exc
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        detail = f"no {exc} entry" if isinstance(exc, KeyError) else _first_line(exc)
-        raise WakeModelError(
-            f"{checkpoint_path} does not hold a wakemodel network ({detail}); "
-            "pass a .ckpt file written by `train`."
-        ) from exc
-    if not isinstance(image_size, int) or image_size <= 0:
-        raise WakeModelError(
-            f"{checkpoint_path} has no valid `image_size` hyperparameter; "
-            "pass a .ckpt file written by `train`."
-        )
-    logger.debug("Loaded %s (image size %d) on %s", checkpoint_path, image_size, device)
-    return TorchKeypointPredictor(detector, image_size, device)
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception message, or its type name."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def as_predictor(
     model: KeypointPredictor | torch.nn.Module | str | os.PathLike[str], accelerator: str = "auto"
 ) -> KeypointPredictor:
@@ -261,21 +163,22 @@ def as_predictor(
 
     Args:
         model: A predictor, a loaded ``WakeKeypointModule`` (used on its
-            current device), or a checkpoint path (loaded with :func:`load_model`).
+            current device), or a ``.ckpt``/``.onnx`` path (loaded with
+            :func:`wakemodel.predictors.load_predictor`).
         accelerator: Device choice when a path is loaded.
 
     Returns:
         A predictor.
     """
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model, accelerator=accelerator)
+        return load_predictor(model, accelerator=accelerator)
     if isinstance(model, KeypointPredictor):
         return model
     torch_module = sys.modules.get("torch")  # a torch module exists only if torch was imported
     if torch_module is not None and isinstance(model, torch_module.nn.Module):
         image_size = int(model.hparams.image_size)
         device = next(model.parameters()).device
-        return TorchKeypointPredictor(model, image_size, device)
+        return TorchPredictor(model, image_size, device)
     raise InputError(f"Cannot predict with a {type(model).__name__}; pass a checkpoint path.")
 
 
@@ -390,8 +293,8 @@ def predict_batch(
     With ``tta`` each of the 8 dihedral transforms of the square input is
     predicted, its keypoints are mapped back exactly, its two wake ends are
     aligned to those of the untransformed prediction (their order is
-    meaningless) with :func:`wakemodel.losses.match_arm_order`, and the
-    keypoints and visibility probabilities are averaged.
+    meaningless) with :func:`wakemodel.keypoints.match_arm_order`, and the
+    keypoints and visibility probabilities are averaged. numpy only.
 
     Args:
         predictor: The model backend.
@@ -403,21 +306,16 @@ def predict_batch(
     """
     if not tta:
         return _run(predictor, images)
-    import torch
-
-    from wakemodel.losses import match_arm_order, permute_slots
-
     reference, reference_visibility = _run(predictor, images)
-    reference_t = torch.from_numpy(reference)
-    all_slots = torch.ones(reference.shape[:-1], dtype=torch.bool)
+    all_slots = np.ones(reference.shape[:-1], dtype=bool)
     keypoint_sum, visibility_sum = reference.copy(), reference_visibility.copy()
     transforms = dihedral_transforms()
     for transform in transforms[1:]:
-        keypoints, visibility = _run(predictor, transform_images(images, transform))
-        keypoints_t = torch.from_numpy(untransform_keypoints(keypoints, transform))
-        order = match_arm_order(reference_t, keypoints_t, all_slots)
-        keypoint_sum += permute_slots(keypoints_t, order).numpy()
-        visibility_sum += permute_slots(torch.from_numpy(visibility), order).numpy()
+        predicted, visibility = _run(predictor, transform_images(images, transform))
+        restored = untransform_keypoints(predicted, transform)
+        order = kp.match_arm_order(reference, restored, all_slots)
+        keypoint_sum += kp.permute_slots(restored, order)
+        visibility_sum += kp.permute_slots(visibility, order)
     return keypoint_sum / len(transforms), visibility_sum / len(transforms)
 
 
@@ -427,20 +325,28 @@ def _chunks(items: Sequence[ImageInput], size: int) -> Iterator[Sequence[ImageIn
         yield items[start : start + size]
 
 
+def _check_run_options(batch_size: int, gsd_m: float) -> None:
+    """Reject a batch size below 1 or a non-positive ground sampling distance."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}.")
+    if not gsd_m > 0:
+        raise InputError(f"gsd_m must be a positive number of metres per pixel, got {gsd_m}.")
+
+
 def predict(
     model: KeypointPredictor | torch.nn.Module | str | os.PathLike[str],
     images: Iterable[ImageInput],
     *,
     batch_size: int = 16,
     tta: bool = False,
-    gsd_m: float = 10.0,
+    gsd_m: float = DEFAULT_GSD_M,
     accelerator: str = "auto",
     on_unreadable: Callable[[str, WakeModelError], None] | None = None,
 ) -> list[Prediction]:
     """Find the wake in each chip.
 
     Args:
-        model: A checkpoint path, a loaded ``WakeKeypointModule`` or any
+        model: A ``.ckpt``/``.onnx`` path, a loaded ``WakeKeypointModule`` or any
             :class:`KeypointPredictor`.
         images: Image paths (8/16-bit grey, RGB or RGBA; PNG or TIFF; any
             size) and/or raw grey arrays ``[H, W]``.
@@ -458,14 +364,27 @@ def predict(
         WakeModelError: An image cannot be read (without ``on_unreadable``).
         InputError: ``batch_size`` or ``gsd_m`` is not positive.
     """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}.")
-    if not gsd_m > 0:
-        raise InputError(f"gsd_m must be a positive number of metres per pixel, got {gsd_m}.")
+    _check_run_options(batch_size, gsd_m)
     predictor = as_predictor(model, accelerator=accelerator)
-    items = list(images)
-    predictions: list[Prediction] = []
+    return [
+        prediction
+        for prediction, _ in _predict(predictor, list(images), batch_size, tta, gsd_m,
+                                      on_unreadable)
+    ]
+
+
+def _predict(
+    predictor: KeypointPredictor,
+    items: list[ImageInput],
+    batch_size: int,
+    tta: bool,
+    gsd_m: float,
+    on_unreadable: Callable[[str, WakeModelError], None] | None,
+) -> list[tuple[Prediction, ImageInput]]:
+    """Predict each readable item (each read once); pairs of prediction and input item."""
+    results: list[tuple[Prediction, ImageInput]] = []
     for chunk in _chunks(items, batch_size):
+        kept: list[ImageInput] = []
         sources: list[str | None] = []
         sizes: list[tuple[int, int]] = []
         inputs: list[np.ndarray] = []
@@ -477,6 +396,7 @@ def predict(
                     raise
                 on_unreadable(str(item) if not isinstance(item, np.ndarray) else "<array>", exc)
                 continue
+            kept.append(item)
             sources.append(source)
             sizes.append((raw.shape[1], raw.shape[0]))
             inputs.append(preprocess.preprocess_image(raw, predictor.image_size))
@@ -484,8 +404,9 @@ def predict(
             continue
         batch = np.stack(inputs).astype(np.float32) / np.float32(255.0)
         keypoints_norm, visibility = predict_batch(predictor, batch, tta=tta)
-        predictions.extend(_to_predictions(sources, sizes, keypoints_norm, visibility, gsd_m))
-    return predictions
+        predictions = _to_predictions(sources, sizes, keypoints_norm, visibility, gsd_m)
+        results.extend(zip(predictions, kept, strict=True))
+    return results
 
 
 def _to_predictions(
@@ -497,10 +418,10 @@ def _to_predictions(
 ) -> list[Prediction]:
     """Build predictions from normalised keypoints ``[B,3,2]`` and probabilities ``[B,3]``."""
     orig_size = np.array(sizes, dtype=np.float64)
-    visible = metrics.predicted_visibility(visibility)
-    keypoints_px = metrics.to_pixels(keypoints_norm, orig_size)
-    heading = metrics.heading_deg(keypoints_px, visible)
-    length_px = metrics.wake_length_px(keypoints_px, visible)
+    visible = kp.predicted_visibility(visibility)
+    keypoints_px = kp.to_pixels(keypoints_norm, orig_size)
+    heading = kp.heading_deg(keypoints_px, visible)
+    length_px = kp.wake_length_px(keypoints_px, visible)
     return [
         Prediction(
             source=source,
@@ -516,3 +437,279 @@ def _to_predictions(
         )
         for i, (source, (width, height)) in enumerate(zip(sources, sizes, strict=True))
     ]
+
+
+def format_table(predictions: Sequence[Prediction]) -> str:
+    """Predictions as a plain-text table: keypoints (pixels), heading (degrees), length (px, m).
+
+    Args:
+        predictions: The predictions, one row each; invisible keypoints show as ``-``.
+
+    Returns:
+        The table, one header line plus one line per prediction.
+    """
+
+    def point(prediction: Prediction, slot: int) -> str:
+        if not prediction.visible[slot]:
+            return "-"
+        x, y = prediction.keypoints_px[slot]
+        return f"({x:.1f}, {y:.1f})"
+
+    header = (
+        f"{'image':<24} {'vertex x,y px':>16} {'end 1 x,y px':>16} {'end 2 x,y px':>16} "
+        f"{'heading':>8} {'length px':>10} {'length m':>10}"
+    )
+    rows = [header]
+    for prediction in predictions:
+        name = Path(prediction.source).name if prediction.source else "<array>"
+        rows.append(
+            f"{name:<24} {point(prediction, 0):>16} {point(prediction, 1):>16} "
+            f"{point(prediction, 2):>16} {prediction.heading_deg:>7.1f}° "
+            f"{prediction.wake_length_px:>10.1f} {prediction.wake_length_m:>10.0f}"
+        )
+    return "\n".join(rows)
+
+
+def check_plot_path(plot_path: str | os.PathLike[str] | None, image_count: int) -> None:
+    """Reject a single plot file (``.png``, ...) for several images, before any work.
+
+    Raises:
+        InputError: ``plot_path`` ends in one of :data:`PLOT_SUFFIXES` and
+            ``image_count`` is above 1.
+    """
+    if plot_path is not None and image_count > 1 and (
+        Path(plot_path).suffix.lower() in PLOT_SUFFIXES
+    ):
+        raise InputError(f"--plot {plot_path}: several images given; pass a folder instead.")
+
+
+@dataclass
+class InferenceReport:
+    """Everything ``python cli.py infer`` prints, for one model and a list of chips.
+
+    Attributes:
+        model: The model as given (a path's text, or the backend's name).
+        tta: Whether test-time augmentation was used.
+        predictions: One per readable chip, in input order; georeferenced chips
+            carry ``geo`` (see :func:`wakemodel.georef.geolocate_predictions`).
+        notes: One-line remarks for the user (stderr in the CLI): why chips
+            have no geo fields, or one summary line when no chip is
+            georeferenced and no geo option was given.
+        inputs: The input item (path or array) of each prediction, for plots.
+    """
+
+    model: str
+    tta: bool
+    predictions: list[Prediction]
+    notes: list[str] = field(default_factory=list)
+    inputs: list[ImageInput] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of ``infer --json``: ``{"model", "tta", "predictions": [...]}``."""
+        return {
+            "model": self.model,
+            "tta": self.tta,
+            "predictions": [prediction.to_dict() for prediction in self.predictions],
+        }
+
+    def format_table(self) -> str:
+        """The table of :func:`format_table` plus one geo summary line per georeferenced chip."""
+        lines = [format_table(self.predictions)]
+        lines.extend(
+            f"{Path(prediction.source).name}: {prediction.geo.summary()}"
+            for prediction in self.predictions
+            if prediction.geo is not None and prediction.source is not None
+        )
+        return "\n".join(lines)
+
+    def save_plots(
+        self, path: str | os.PathLike[str], single_file: bool | None = None
+    ) -> list[Path]:
+        """Save each chip with its keypoints, wake axis and heading arrow.
+
+        Args:
+            path: A file ending in one of :data:`PLOT_SUFFIXES` (one chip), else
+                a folder that gets ``<stem>_wake.png`` per chip (``<stem>_2_wake.png``
+                ... for repeated stems; ``array<i>`` for in-memory chips).
+            single_file: Write ``path`` itself when it has a plot suffix; default:
+                when there is exactly one prediction.
+
+        Returns:
+            The written files, in prediction order.
+
+        Raises:
+            InputError: ``path`` is a single file but there are several predictions.
+        """
+        from wakemodel.plots import plot_prediction
+
+        plot_path = Path(path)
+        if single_file is None:
+            single_file = len(self.predictions) == 1
+        as_file = plot_path.suffix.lower() in PLOT_SUFFIXES
+        if as_file and not single_file:
+            check_plot_path(plot_path, len(self.predictions))
+        used_names: set[str] = set()
+        saved = []
+        for index, prediction in enumerate(self.predictions):
+            if as_file and single_file:
+                target = plot_path
+            else:
+                stem = Path(prediction.source).stem if prediction.source else f"array{index}"
+                name = f"{stem}_wake.png"
+                repeat = 1
+                while name in used_names:
+                    repeat += 1
+                    name = f"{stem}_{repeat}_wake.png"
+                used_names.add(name)
+                target = plot_path / name
+            saved.append(plot_prediction(self._pixels(index), prediction, target))
+        return saved
+
+    def _pixels(self, index: int) -> np.ndarray:
+        """The raw grey chip ``[H, W]`` of prediction ``index`` (re-read from its file)."""
+        item = self.inputs[index] if index < len(self.inputs) else self.predictions[index].source
+        if isinstance(item, np.ndarray):
+            return item.astype(np.float32, copy=False)
+        if item is None:
+            raise InputError("This report holds no pixels for an in-memory chip; keep `inputs`.")
+        return preprocess.read_image(Path(item))
+
+
+def run(
+    model: KeypointPredictor | torch.nn.Module | str | os.PathLike[str],
+    images: Iterable[ImageInput],
+    *,
+    batch_size: int = 16,
+    tta: bool = False,
+    gsd_m: float = DEFAULT_GSD_M,
+    accelerator: str = "auto",
+    crs: str | None = None,
+    platforms: str | os.PathLike[str] | Platforms | None = None,
+    nearest_count: int = 1,
+    within_km: float | None = None,
+    on_unreadable: Callable[[str, WakeModelError], None] | None = None,
+) -> InferenceReport:
+    """Run the whole inference chain: predictions, geo fields, notes (what ``infer`` prints).
+
+    Geo options are checked (and platforms read) before the model is loaded.
+    :mod:`wakemodel.georef` (pyproj, rasterio) is imported only when ``crs`` or
+    ``platforms`` is given or a chip may be georeferenced (a TIFF, or a world
+    file beside it; see :func:`wakemodel.geofiles.georeference_hint`).
+
+    Args:
+        model: A ``.ckpt``/``.onnx`` path, a loaded ``WakeKeypointModule`` or any
+            :class:`KeypointPredictor`.
+        images: Image files, folders of them, and/or raw grey arrays ``[H, W]``.
+        batch_size: Chips per network call.
+        tta: Average over the 8 flips/rotations of the network input.
+        gsd_m: Ground sampling distance (metres per pixel) for chips that are
+            not georeferenced.
+        accelerator: Device choice when ``model`` is a path.
+        crs: CRS for world-file chips without a ``.prj`` (e.g. ``EPSG:32631``).
+        platforms: Platform CSV (see :func:`wakemodel.geo.read_points_csv`) or
+            :class:`wakemodel.georef.Platforms` already read.
+        nearest_count: Platforms listed per vessel.
+        within_km: Flag vessels closer than this to their nearest platform (km;
+            needs ``platforms``).
+        on_unreadable: Called with ``(source, error)`` for an unreadable image,
+            which is then skipped; when None the error is raised.
+
+    Returns:
+        The report (``to_dict()`` is the ``--json`` document).
+
+    Raises:
+        WakeModelError: Bad geo options, geo options without rasterio/pyproj,
+            an unreadable model or image, or no readable image at all.
+        InputError: Bad ``batch_size``, ``gsd_m``, ``crs`` or ``nearest_count``.
+    """
+    _check_run_options(batch_size, gsd_m)
+    requested = crs is not None or platforms is not None
+    platforms = _read_geo_options(crs, platforms, within_km)
+    items: list[ImageInput] = []
+    for item in images:
+        if isinstance(item, np.ndarray):
+            items.append(item)
+        else:
+            items.extend(find_images([item]))
+    predictor = as_predictor(model, accelerator=accelerator)
+    results = _predict(predictor, items, batch_size, tta, gsd_m, on_unreadable)
+    if not results:
+        raise WakeModelError("None of the images could be read; see the lines above.")
+    predictions, notes = _add_geo_fields(
+        [prediction for prediction, _ in results], crs, platforms, nearest_count, within_km,
+        requested=requested,
+    )
+    return InferenceReport(
+        model=_model_name(model), tta=tta, predictions=predictions, notes=notes,
+        inputs=[item for _, item in results],
+    )
+
+
+def _model_name(model: Any) -> str:
+    """The model as the JSON document names it: a path's text, else the backend's path or type."""
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    metadata = getattr(model, "metadata", None)
+    if isinstance(metadata, dict) and metadata.get("path"):
+        return str(metadata["path"])
+    return type(model).__name__
+
+
+def _read_geo_options(
+    crs: str | None, platforms: str | os.PathLike[str] | Platforms | None,
+    within_km: float | None,
+) -> Platforms | None:
+    """Check ``crs`` and read ``platforms`` (a CSV path) before any inference runs."""
+    if within_km is not None and platforms is None:
+        raise WakeModelError("--within-km needs --platforms CSV (the platforms to measure).")
+    if crs is None and platforms is None:
+        return None
+    try:
+        from wakemodel import georef
+    except ImportError as exc:
+        raise WakeModelError(
+            f"--crs and --platforms need rasterio and pyproj ({exc}); "
+            "install them with pip install 'wakemodel[geo]'."
+        ) from exc
+    if crs is not None:
+        georef.parse_crs(crs)
+    if platforms is None or isinstance(platforms, georef.Platforms):
+        return platforms
+    return georef.read_platforms(platforms)
+
+
+def _add_geo_fields(
+    predictions: list[Prediction], crs: str | None, platforms: Platforms | None,
+    nearest_count: int, within_km: float | None, *, requested: bool,
+) -> tuple[list[Prediction], list[str]]:
+    """Geolocate predictions of georeferenced chips; one-line notes for the others.
+
+    Without a geo option (``requested`` false) and no georeferenced chip at
+    all, one note sums up; otherwise each chip without geo fields gets a note.
+    pyproj and rasterio are imported only when requested or when a chip may
+    be georeferenced.
+    """
+    from wakemodel.geofiles import georeference_hint
+
+    if not requested:
+        reasons = [georeference_hint(prediction.source) for prediction in predictions]
+        if all(reason is not None for reason in reasons):
+            unlocated = [
+                dataclasses.replace(prediction, geo=None, geo_note=reason)
+                for prediction, reason in zip(predictions, reasons, strict=True)
+            ]
+            return unlocated, [
+                f"No geo fields: no image is georeferenced (e.g. {reasons[0]})"
+            ]
+    try:
+        from wakemodel.georef import geolocate_predictions
+    except ImportError:
+        return predictions, [
+            "No geo fields: rasterio and pyproj are not installed (pip install 'wakemodel[geo]')."
+        ]
+    located = geolocate_predictions(predictions, crs=crs, platforms=platforms,
+                                    nearest_count=nearest_count, within_km=within_km)
+    reasons = [prediction.geo_note for prediction in located if prediction.geo_note]
+    if reasons and not requested and len(reasons) == len(located):
+        return located, [f"No geo fields: no image is georeferenced (e.g. {reasons[0]})"]
+    return located, [f"No geo fields for {reason}" for reason in reasons]

@@ -14,25 +14,17 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
-IDENTITY_ORDER = (0, 1, 2)
-SWAPPED_ORDER = (0, 2, 1)
+from wakemodel import keypoints
+from wakemodel.keypoints import IDENTITY_ORDER, SWAPPED_ORDER, permute_slots
 
-
-def permute_slots(values: Tensor, order: Tensor) -> Tensor:
-    """Reorder the keypoint slots of ``values`` per sample.
-
-    Args:
-        values: Per-slot values, either ``[..., 3]`` (visibility, logits) or
-            ``[..., 3, D]`` (coordinates).
-        order: Long ``[..., 3]``: output slot ``k`` takes input slot ``order[..., k]``.
-
-    Returns:
-        ``values`` with its slot dimension reordered; same shape and dtype.
-    """
-    if values.dim() == order.dim():
-        return torch.gather(values, -1, order)
-    index = order.unsqueeze(-1).expand_as(values)
-    return torch.gather(values, -2, index)
+__all__ = [
+    "IDENTITY_ORDER",
+    "SWAPPED_ORDER",
+    "heatmap_loss",
+    "keypoint_loss",
+    "match_arm_order",
+    "permute_slots",
+]
 
 
 def _order_costs(
@@ -89,11 +81,12 @@ def match_arm_order(
     visibility_weight: float = 0.0,
     beta: float = 0.0,
 ) -> Tensor:
-    """Best order of the target's arm slots for each sample.
+    """Best order of the target's arm slots for each sample (the training loss's variant).
 
     The cost of an order is the masked (smooth) L1 distance between the
     prediction and the reordered target, plus ``visibility_weight`` times the
-    visibility BCE when logits are given. Ties keep the identity order.
+    visibility BCE when logits are given. Ties keep the identity order. Without
+    logits and with ``beta=0`` this is :func:`wakemodel.keypoints.match_arm_order`.
 
     Args:
         pred_keypoints: ``[..., 3, 2]`` predicted coordinates (normalised or pixels).
@@ -107,6 +100,8 @@ def match_arm_order(
         Long ``[..., 3]`` slot order, ``(0, 1, 2)`` or ``(0, 2, 1)``; apply it to the
         TARGET with :func:`permute_slots` to align it with the prediction.
     """
+    if pred_visibility_logits is None and beta == 0.0:
+        return keypoints.match_arm_order(pred_keypoints, target_keypoints, target_visible)
     costs = _order_costs(
         pred_keypoints.detach(),
         target_keypoints,
@@ -117,9 +112,7 @@ def match_arm_order(
         visibility_weight=visibility_weight,
         beta=beta,
     )
-    swap = costs[..., 1] < costs[..., 0]
-    orders = torch.tensor([IDENTITY_ORDER, SWAPPED_ORDER], device=target_keypoints.device)
-    return orders[swap.long()]
+    return keypoints.order_from_costs(costs)
 
 
 def keypoint_loss(

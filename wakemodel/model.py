@@ -8,10 +8,10 @@ warm-up + cosine decay); it logs the metrics of
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.aggregation import CatMetric
 
+from wakemodel.config import MODEL_DEFAULTS
 from wakemodel.errors import InputError
 from wakemodel.losses import heatmap_loss, keypoint_loss, match_arm_order, permute_slots
 from wakemodel.metrics import DEFAULT_GSD_M, keypoint_errors
@@ -51,6 +52,33 @@ def warmup_cosine_factor(
         return (step + 1) / (warmup_steps + 1)
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class WarmupCosineSchedule:
+    """:func:`warmup_cosine_factor` as a ``LambdaLR`` lambda whose length can change.
+
+    :class:`wakemodel.budget.TimeBudget` sets ``total_steps`` during a run to fit
+    the schedule to a wall-clock budget.
+
+    Attributes:
+        warmup_steps: Steps of linear warm-up.
+        total_steps: Optimizer steps of the whole schedule.
+        min_lr_ratio: Final multiplier of the base learning rate.
+    """
+
+    warmup_steps: int
+    total_steps: int
+    min_lr_ratio: float
+
+    def __call__(self, step: int) -> float:
+        """The learning-rate multiplier at optimizer step ``step`` (0-based)."""
+        return warmup_cosine_factor(
+            step,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.total_steps,
+            min_lr_ratio=self.min_lr_ratio,
+        )
 
 
 class MedianMetric(CatMetric):
@@ -86,20 +114,25 @@ class WakeKeypointModule(pl.LightningModule):
     ``val/`` and ``test/``: ``loss`` (mean),
     ``vertex_error_px``, ``vertex_error_m``, ``vertex_error_frac``,
     ``heading_error_deg`` (medians over the epoch) and ``pck@0.05`` (mean).
-    Checkpoints are meant to monitor ``val/vertex_error_px`` (mode min).
+    :attr:`monitor` names the metric that selects the best checkpoint and
+    :attr:`mode` whether lower or higher is better.
 
     Gradient clipping is not done here: set ``gradient_clip_val`` on the Trainer.
     With ``channels_last`` the network is converted to channels-last memory
     format in :meth:`setup` (any stage); inputs need no conversion (1 channel).
-    Saved checkpoints store ``pretrained=False`` and ``weights_path=None``, since
-    the weights are in the checkpoint, so loading one never downloads anything.
+    ``pretrained`` and ``weights_path`` only choose the starting weights and are
+    not saved as hyperparameters (the weights are in the checkpoint), so loading
+    a checkpoint rebuilds the network with ``pretrained=False`` and never
+    downloads anything. Hyperparameter defaults come from
+    :data:`wakemodel.config.MODEL_DEFAULTS`, shared with ``TrainConfig``.
 
     Args:
         image_size: Square network input size S in pixels.
         num_keypoints: Keypoint slots (3).
         pretrained: Start from torchvision's ImageNet weights (downloaded; one
-            warning and random weights when offline).
-        weights_path: Local torchvision ``efficientnet_b0`` state dict to start from.
+            warning and random weights when offline). Not saved.
+        weights_path: Local torchvision ``efficientnet_b0`` state dict to start
+            from. Not saved.
         lr: Peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and norm weights).
         warmup_epochs: Linear warm-up length in epochs (may be fractional, e.g. 0.5).
@@ -114,26 +147,32 @@ class WakeKeypointModule(pl.LightningModule):
         channels_last: Convert the network to channels-last memory format.
     """
 
+    monitor: str = "val/vertex_error_px"
+    """Metric that selects the best checkpoint (pixels of the original chip)."""
+
+    mode: Literal["min", "max"] = "min"
+    """Whether a lower (``min``) or higher :attr:`monitor` value is better."""
+
     def __init__(
         self,
-        image_size: int = 224,
+        image_size: int = MODEL_DEFAULTS.image_size,
         num_keypoints: int = NUM_KEYPOINTS,
-        pretrained: bool = True,
+        pretrained: bool = False,
         weights_path: str | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-2,
-        warmup_epochs: float = 1.0,
-        max_epochs: int = 50,
+        lr: float = MODEL_DEFAULTS.lr,
+        weight_decay: float = MODEL_DEFAULTS.weight_decay,
+        warmup_epochs: float = MODEL_DEFAULTS.warmup_epochs,
+        max_epochs: int = MODEL_DEFAULTS.epochs,
         min_lr_ratio: float = 0.01,
         gsd_m: float = DEFAULT_GSD_M,
         visibility_weight: float = 0.1,
         loss_beta: float = 0.02,
         heatmap_weight: float = 0.25,
-        dropout: float = 0.2,
+        dropout: float = MODEL_DEFAULTS.dropout,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["pretrained", "weights_path"])
         self.detector = EfficientNetB0KeypointDetector(
             num_keypoints=num_keypoints,
             pretrained=pretrained,
@@ -231,24 +270,6 @@ class WakeKeypointModule(pl.LightningModule):
         """Log ``test/loss`` and accumulate the ``test/`` metrics."""
         return self._evaluation_step(batch, "test", self.test_metrics)
 
-    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Predict one batch.
-
-        Returns:
-            Dict with ``keypoints`` ``[B, 3, 2]`` normalised (arm order as
-            predicted), ``visibility`` ``[B, 3]`` probabilities, and the batch's
-            ``orig_size`` / ``index`` when present.
-        """
-        output = self(batch["image"])
-        prediction = {
-            "keypoints": output.keypoints,
-            "visibility": torch.sigmoid(output.visibility_logits),
-        }
-        for key in ("orig_size", "index"):
-            if key in batch:
-                prediction[key] = batch[key]
-        return prediction
-
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (no decay on biases/norms) with per-step warm-up + cosine schedule.
 
@@ -275,8 +296,7 @@ class WakeKeypointModule(pl.LightningModule):
         epochs = trainer_epochs if trainer_epochs and trainer_epochs > 0 else None
         steps_per_epoch = total_steps / (epochs or self.hparams.max_epochs)
         warmup_steps = min(total_steps, round(self.hparams.warmup_epochs * steps_per_epoch))
-        schedule = functools.partial(
-            warmup_cosine_factor,
+        schedule = WarmupCosineSchedule(
             warmup_steps=warmup_steps,
             total_steps=total_steps,
             min_lr_ratio=self.hparams.min_lr_ratio,
@@ -286,10 +306,3 @@ class WakeKeypointModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store hparams that rebuild the network without downloads or weight files."""
-        hyper_parameters = checkpoint.get("hyper_parameters")
-        if hyper_parameters is not None:
-            hyper_parameters["pretrained"] = False
-            hyper_parameters["weights_path"] = None

@@ -28,11 +28,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
 
+from wakemodel.config import MODEL_DEFAULTS
 from wakemodel.errors import InputError, WakeModelError
+from wakemodel.keypoints import NUM_KEYPOINTS
 
 logger = logging.getLogger(__name__)
 
-NUM_KEYPOINTS = 3
 GREY_MEAN = 0.449
 GREY_STD = 0.226
 DOWNLOAD_TIMEOUT_S = 10.0
@@ -137,7 +138,7 @@ class EfficientNetB0KeypointDetector(nn.Module):
         num_keypoints: int = NUM_KEYPOINTS,
         pretrained: bool = False,
         weights_path: str | Path | None = None,
-        dropout: float = 0.2,
+        dropout: float = MODEL_DEFAULTS.dropout,
     ) -> None:
         super().__init__()
         if num_keypoints != NUM_KEYPOINTS:
@@ -302,7 +303,7 @@ def detector_from_checkpoint(checkpoint: Mapping[str, Any]) -> EfficientNetB0Key
     hparams = checkpoint["hyper_parameters"]
     detector = EfficientNetB0KeypointDetector(
         num_keypoints=hparams.get("num_keypoints", NUM_KEYPOINTS),
-        dropout=hparams.get("dropout", 0.2),
+        dropout=hparams.get("dropout", MODEL_DEFAULTS.dropout),
     )
     weights = {
         name.removeprefix(DETECTOR_PREFIX): tensor

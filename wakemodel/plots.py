@@ -166,7 +166,7 @@ def plot_dataset_grid(
     import torch
 
     from wakemodel.data import scan_dataset
-    from wakemodel.metrics import heading_deg
+    from wakemodel.keypoints import heading_deg
     from wakemodel.preprocess import normalize_image, read_image
 
     if count < 1 or columns < 1:

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from wakemodel.errors import InputError, WakeModelError
+from wakemodel.keypoints import NUM_KEYPOINTS, heading_deg
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +92,10 @@ def _unit(bearing_deg: float) -> np.ndarray:
 
 
 def _annotation_heading_deg(keypoints_px: np.ndarray) -> float:
-    """Compass bearing (degrees) from the mean far end ``[K-1, 2]`` to the vertex."""
-    dx, dy = keypoints_px[0] - keypoints_px[1:].mean(axis=0)
-    return math.degrees(math.atan2(dx, -dy)) % 360.0
+    """Compass bearing (degrees) from the mean far end to the vertex of ``[K, 2]`` keypoints."""
+    points = np.zeros((NUM_KEYPOINTS, 2))
+    points[: len(keypoints_px)] = keypoints_px
+    return float(heading_deg(points, np.arange(NUM_KEYPOINTS) < len(keypoints_px)))
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:

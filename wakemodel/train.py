@@ -1,36 +1,46 @@
 """Training entry point: :func:`train` runs Lightning on a :class:`TrainConfig`.
 
-What a run writes (see ``checkpoints/README.md``):
+A run owns one folder, ``RUN_DIR/RUN_NAME/`` (``--run-dir``, ``--run-name``;
+default ``runs/`` and a timestamp; a taken name gets ``-1``, ``-2`` ...), which
+holds everything it writes (see ``checkpoints/README.md``):
 
-- ``CHECKPOINT_DIR/wake-epoch=012-vertex_px=3.21.ckpt``: the best checkpoint by
-  validation vertex error (``val/vertex_error_px``, lower is better; pixels of
-  the original chip), and ``CHECKPOINT_DIR/last.ckpt`` after every epoch, for
-  ``--resume``. Both are written atomically (a temporary file moved into place).
-  Every checkpoint carries the module's hyperparameters (``image_size`` ...),
-  ``checkpoint["wakemodel_env"]`` (device, precision, torch/CUDA/Lightning
-  versions), ``checkpoint["wakemodel_val_metrics"]`` (the validation metrics
-  of its epoch), ``checkpoint["wakemodel_train_config"]`` and
-  ``checkpoint["wakemodel_run_dir"]`` (the folder with ``metrics.csv``).
-- ``RUN_DIR/RUN_NAME/metrics.csv`` and ``hparams.yaml`` (Lightning's CSVLogger,
-  for the training-curve plots), plus ``RUN_DIR/RUN_NAME/wandb/`` when the
-  Weights & Biases logger is on. Without an API key W&B runs offline (sync
-  later with ``wandb sync RUN_DIR/RUN_NAME/wandb/offline-run-*``); it never
+- ``config.yaml``: the :class:`TrainConfig` it ran with (plain YAML, written
+  atomically once the data is loaded); ``train --config RUN/config.yaml``
+  reruns it, and options given on the command line override the file.
+- ``metrics.csv``: the training and validation metrics (Lightning's CSV
+  logger, for the training-curve plots); not written with ``--logger none``.
+  With ``--logger wandb`` also ``wandb/``: without an API key W&B runs
+  offline (sync later with ``wandb sync RUN/wandb/offline-run-*``); it never
   prompts.
+- ``checkpoints/wake-epoch=012-vertex_px=3.21.ckpt``: the best checkpoint by
+  :attr:`WakeKeypointModule.monitor <wakemodel.model.WakeKeypointModule.monitor>`
+  (the validation vertex error in pixels of the original chip, lower is
+  better), and ``checkpoints/last.ckpt`` after every epoch, for ``--resume``;
+  both written atomically. ``--checkpoint-dir`` puts them elsewhere. Every
+  checkpoint carries the module's hyperparameters (``image_size`` ...) and
+  ``checkpoint["wakemodel_run_dir"]``, the run folder (where ``metrics.csv``
+  is).
+
+``--resume RUN/checkpoints/last.ckpt`` continues in the same run folder: the
+same ``metrics.csv`` (appended) and checkpoints. ``--fast-dev-run`` writes no
+run folder at all.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import csv
 import logging
 import math
 import netrc
 import os
 import pickle
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import pytorch_lightning as pl
@@ -42,110 +52,36 @@ from pytorch_lightning.callbacks import (
     RichProgressBar,
 )
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from wakemodel._io import atomic_path
+from wakemodel.budget import TimeBudget, parse_duration_s
+from wakemodel.config import CONFIG_FILE_NAME, TrainConfig, save_config
 from wakemodel.datamodule import WakeDataModule
 from wakemodel.devices import DeviceChoice, environment_info, select_device
-from wakemodel.errors import InputError
+from wakemodel.errors import InputError, first_line
 from wakemodel.model import WakeKeypointModule
 
 logger = logging.getLogger(__name__)
 
-MONITOR = "val/vertex_error_px"
-"""Metric that selects the best checkpoint (pixels of the original chip, lower is better)."""
-
-CHECKPOINT_FILENAME = "wake-epoch={epoch:03d}-vertex_px={val/vertex_error_px:.2f}"
-"""Best-checkpoint name pattern (``.ckpt`` is appended), e.g. ``wake-epoch=012-vertex_px=3.21``."""
+__all__ = ["TrainConfig", "TrainResult", "train"]
 
 LAST_CHECKPOINT_NAME = "last"
 """``last.ckpt``: the state after the latest finished epoch, for ``--resume``."""
 
-LoggerName = Literal["csv", "wandb", "none"]
-AugmentPlace = Literal["auto", "workers", "device"]
+CHECKPOINT_SUBDIR = "checkpoints"
+"""The checkpoints' folder inside a run folder (unless ``--checkpoint-dir`` is given)."""
 
+LOG_EVERY_N_STEPS = 10
+"""The training loss is logged every this many steps (once per epoch for shorter epochs)."""
 
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; the CLI's ``train`` options map 1:1 onto it.
-
-    Attributes:
-        data_dir: Dataset root with ``imgs/`` and ``annotations/``.
-        epochs: Number of training epochs (also the length of the LR schedule).
-        batch_size: Chips per batch (per device).
-        image_size: Network input side S in pixels (chips are resized to S x S).
-        lr: Peak AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_epochs: Linear learning-rate warm-up length in epochs (may be fractional).
-        gradient_clip_val: Gradient norm clipping threshold (``None``: off).
-        seed: Seed for weights, data split, shuffling and augmentation.
-        accelerator: ``auto``, ``cpu``, ``gpu``, ``cuda`` or ``mps``
-            (see :func:`wakemodel.devices.select_device`).
-        precision: Lightning precision (``"32"``, ``"bf16-mixed"``, ``"16-mixed"``
-            ...); ``None`` picks bf16-mixed on CUDA GPUs that support it, else 32.
-        devices: Lightning ``devices``: ``"auto"``, a count (``"2"``) or ids (``"0,1"``).
-        num_nodes: Number of machines (multi-node DDP).
-        strategy: Lightning strategy (``"auto"`` uses DDP for several devices).
-        workers: DataLoader worker processes; ``None`` lets the data module choose.
-        augment_on: Where training augmentation runs: ``"workers"`` (per chip in
-            the DataLoader workers), ``"device"`` (per batch on the training
-            device, :class:`wakemodel.augment.BatchWakeAugmentation`) or
-            ``"auto"`` (the device on CUDA and MPS, workers on the CPU).
-        logger: ``"csv"`` (metrics.csv only), ``"wandb"`` (CSV and Weights & Biases)
-            or ``"none"`` (no logs written).
-        wandb_project: Weights & Biases project name.
-        checkpoint_dir: Folder of the best and ``last.ckpt`` checkpoints.
-        run_dir: Folder holding one sub-folder of logs per run.
-        run_name: Name of this run's log folder; ``None``: a timestamp. A taken
-            name gets a ``-1``, ``-2`` ... suffix.
-        resume: Checkpoint (usually ``CHECKPOINT_DIR/last.ckpt``) to continue from,
-            with its epoch, optimizer and scheduler state.
-        deterministic: Use deterministic algorithms (bit-identical reruns on CPU).
-        fast_dev_run: Run one train and one val batch (``True``) or N batches as a
-            smoke test; writes no checkpoints or logs.
-        pretrained: Start the backbone from ImageNet weights.
-        weights_path: Local ImageNet EfficientNet-B0 weights file (offline machines).
-        max_time: Wall-clock limit ``"DD:HH:MM:SS"`` (Lightning's ``max_time``);
-            ``None``: no limit.
-        progress_bar: Show a progress bar with the loss and validation metrics.
-        compile: Compile the module with ``torch.compile`` (slow first steps; pays off
-            on GPUs and long runs).
-        auto_batch_size: Replace ``batch_size`` by the largest that fits the GPU
-            (Lightning's batch-size finder); on other devices a warning, and
-            ``batch_size`` is kept.
-    """
-
-    data_dir: Path = Path("data/ShipWakes")
-    epochs: int = 100
-    batch_size: int = 16
-    image_size: int = 224
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    gradient_clip_val: float | None = 1.0
-    seed: int = 0
-    accelerator: str = "auto"
-    precision: str | None = None
-    devices: str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    workers: int | None = None
-    augment_on: AugmentPlace = "auto"
-    logger: LoggerName = "csv"
-    wandb_project: str = "wakemodel"
-    checkpoint_dir: Path = Path("checkpoints")
-    run_dir: Path = Path("runs")
-    run_name: str | None = None
-    resume: Path | None = None
-    deterministic: bool = False
-    fast_dev_run: bool | int = False
-    pretrained: bool = True
-    weights_path: Path | None = None
-    max_time: str | None = None
-    progress_bar: bool = True
-    compile: bool = False
-    auto_batch_size: bool = False
+_LIGHTNING_LOGGERS = (
+    "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"
+)
+"""Loggers whose INFO lines (GPU/TPU availability, tips, fit-stopped notes) are hidden."""
 
 
 @dataclass
@@ -153,27 +89,36 @@ class TrainResult:
     """What a finished run produced.
 
     Attributes:
-        best_checkpoint: Best checkpoint by ``val/vertex_error_px``; ``None`` when
-            none was written (``fast_dev_run``).
+        best_checkpoint: Best checkpoint by the module's monitored metric
+            (``val/vertex_error_px``); ``None`` when none was written (``fast_dev_run``).
         last_checkpoint: ``last.ckpt`` of this run; ``None`` when none was written.
         best_epoch: 0-based epoch of the best validation vertex error; ``None``
             when no validation ran.
         best_metrics: Validation metrics of the best epoch (``val/vertex_error_px``
             in pixels, ``val/heading_error_deg`` in degrees, ...).
-        run_dir: This run's log folder (``metrics.csv`` lives there).
+        run_dir: This run's folder; ``None`` when none was written (``fast_dev_run``).
         device: The device and precision used.
         epochs_completed: Number of epochs finished, including resumed ones.
         history: Validation metrics of every epoch, by 0-based epoch.
+        config_path: The run's ``config.yaml``; ``None`` when none was written.
+        metrics_path: The run's ``metrics.csv``; ``None`` when none was written
+            (``--logger none``, ``fast_dev_run``).
+        checkpoint_dir: Folder of the checkpoints; ``None`` when none were written.
+        resumed: Whether the run continued from ``--resume``.
     """
 
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     best_epoch: int | None
     best_metrics: dict[str, float]
-    run_dir: Path
+    run_dir: Path | None
     device: DeviceChoice
     epochs_completed: int = 0
     history: dict[int, dict[str, float]] = field(default_factory=dict)
+    config_path: Path | None = None
+    metrics_path: Path | None = None
+    checkpoint_dir: Path | None = None
+    resumed: bool = False
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -203,22 +148,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunRecorder(Callback):
-    """Record validation metrics per epoch and stamp run facts into checkpoints.
+    """Write the run's ``config.yaml``, record validation metrics, stamp the run folder.
 
     The per-epoch history is part of the checkpoint's callback state, so a
     resumed run still knows its best epoch.
 
     Args:
-        env: Device and version facts (:func:`wakemodel.devices.environment_info`).
-        config: The run's configuration, stored as plain values.
-        run_dir: The run's log folder (holds ``metrics.csv``).
+        monitor: Metric that selects the best epoch (``WakeKeypointModule.monitor``).
+        mode: ``"min"`` or ``"max"``: whether lower or higher ``monitor`` is better.
+        run_dir: The run folder (holds ``metrics.csv``), stamped into checkpoints.
+        config: The configuration to write to ``run_dir/config.yaml`` when
+            fitting starts (after the data loaded); ``None`` writes nothing.
     """
 
-    def __init__(self, env: dict[str, str], config: dict[str, Any], run_dir: Path) -> None:
-        self.env = env
-        self.config = config
+    def __init__(
+        self, monitor: str, mode: str, run_dir: Path | None, config: TrainConfig | None = None
+    ) -> None:
+        self.monitor = monitor
+        self.mode = mode
         self.run_dir = run_dir
+        self.config = config
         self.history: dict[int, dict[str, float]] = {}
+
+    @property
+    def config_path(self) -> Path | None:
+        """Where ``config.yaml`` goes (``None`` without a config or run folder)."""
+        if self.config is None or self.run_dir is None:
+            return None
+        return self.run_dir / CONFIG_FILE_NAME
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write ``config.yaml`` (rank zero, atomically) once the data has loaded."""
+        if self.config_path is not None and trainer.is_global_zero:
+            save_config(self.config, self.config_path)  # type: ignore[arg-type]
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Store this epoch's ``val/*`` metrics (skipped during the sanity check)."""
@@ -233,11 +195,9 @@ class RunRecorder(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Stamp the env, val metrics, train config and run folder into ``checkpoint``."""
-        checkpoint["wakemodel_env"] = dict(self.env)
-        checkpoint["wakemodel_val_metrics"] = dict(self.history.get(trainer.current_epoch, {}))
-        checkpoint["wakemodel_train_config"] = dict(self.config)
-        checkpoint["wakemodel_run_dir"] = str(self.run_dir)
+        """Stamp the run folder (where ``metrics.csv`` is) into ``checkpoint``."""
+        if self.run_dir is not None:
+            checkpoint["wakemodel_run_dir"] = str(self.run_dir)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the metric history (saved in the checkpoint's callback state)."""
@@ -248,13 +208,68 @@ class RunRecorder(Callback):
         self.history = {int(epoch): dict(m) for epoch, m in state_dict["history"].items()}
 
     def best_epoch(self) -> int | None:
-        """Return the earliest epoch with the lowest ``val/vertex_error_px``, or ``None``."""
+        """Return the earliest epoch with the best ``monitor`` value, or ``None``."""
+        sign = 1.0 if self.mode == "min" else -1.0
         scored = [
-            (metrics[MONITOR], epoch)
+            (sign * metrics[self.monitor], epoch)
             for epoch, metrics in sorted(self.history.items())
-            if MONITOR in metrics and not math.isnan(metrics[MONITOR])
+            if self.monitor in metrics and not math.isnan(metrics[self.monitor])
         ]
         return min(scored)[1] if scored else None
+
+
+class LogInterval(Callback):
+    """Log the training loss every :data:`LOG_EVERY_N_STEPS` steps, or once per shorter epoch.
+
+    Set when training starts, from ``trainer.num_training_batches``, so the
+    batches need not be counted before the Trainer exists. Build the Trainer
+    with ``log_every_n_steps=1`` (which also keeps Lightning from warning that
+    an epoch is shorter than the logging interval).
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Set ``trainer.log_every_n_steps`` to ``min(10, batches per epoch)``."""
+        batches = trainer.num_training_batches
+        per_epoch = LOG_EVERY_N_STEPS if math.isinf(batches) else int(batches)
+        trainer.log_every_n_steps = max(1, min(LOG_EVERY_N_STEPS, per_epoch))
+
+
+class _AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer that appends to an existing ``metrics.csv`` (a resumed run).
+
+    Lightning's own writer deletes an existing ``metrics.csv``; this one reads
+    its header instead, so new rows are appended under the same columns.
+    """
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = list(next(csv.reader(file), []))
+
+
+class RunCSVLogger(CSVLogger):
+    """CSV logger writing ``RUN/metrics.csv`` (appending when resumed), no ``hparams.yaml``.
+
+    The hyperparameters live in ``RUN/config.yaml`` and in every checkpoint.
+
+    Args:
+        run_dir: The run folder.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(save_dir=run_dir.parent, name="", version=run_dir.name)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        """The writer of ``metrics.csv`` (created on first use)."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def log_hyperparams(self, params: Any = None, *args: Any, **kwargs: Any) -> None:
+        """Write nothing: ``config.yaml`` and the checkpoints hold the hyperparameters."""
 
 
 class WakeProgressBar(RichProgressBar):
@@ -316,15 +331,11 @@ def _unique_run_dir(root: Path, name: str | None) -> Path:
 
 
 def _build_loggers(config: TrainConfig, run_dir: Path) -> list[Logger]:
-    """Create the CSV logger (always, unless ``none``) and the optional W&B logger."""
-    if config.logger == "none":
+    """Create the CSV logger (unless ``none``) and the optional W&B logger."""
+    if config.logger == "none" or config.fast_dev_run:
         return []
-    csv_logger = CSVLogger(save_dir=run_dir.parent, name="", version=run_dir.name)
-    loggers: list[Logger] = [csv_logger]
+    loggers: list[Logger] = [RunCSVLogger(run_dir)]
     if config.logger == "wandb":
-        # Open the CSV log before W&B creates RUN_DIR/wandb/, or the CSV logger warns that
-        # the folder is not empty.
-        _ = csv_logger.experiment
         mode = wandb_mode()
         logger.info("Weights & Biases: %s mode (logs in %s)", mode, run_dir / "wandb")
         loggers.append(
@@ -338,8 +349,18 @@ def _build_loggers(config: TrainConfig, run_dir: Path) -> list[Logger]:
     return loggers
 
 
-def _check_resume(path: Path, image_size: int) -> None:
-    """Raise a one-line error when ``path`` is not a checkpoint of this image size."""
+def _check_resume(path: Path, image_size: int) -> Path | None:
+    """Check that ``path`` is a checkpoint of this image size; return its run folder.
+
+    Returns:
+        The run folder to continue in: the one stamped in the checkpoint
+        (``wakemodel_run_dir``) when it exists, else ``RUN`` for a checkpoint
+        at ``RUN/checkpoints/NAME.ckpt`` beside a ``RUN/config.yaml``, else
+        ``None`` (a new run folder is made).
+
+    Raises:
+        InputError: The file is missing, unreadable or of another image size.
+    """
     if not path.is_file():
         raise InputError(f"--resume {path}: no such checkpoint file; train without --resume first.")
     try:
@@ -355,17 +376,28 @@ def _check_resume(path: Path, image_size: int) -> None:
             f"--resume {path} was trained with --image-size {stored}, not {image_size}; "
             f"pass --image-size {stored}."
         )
+    stamped = checkpoint.get("wakemodel_run_dir")
+    if isinstance(stamped, str) and Path(stamped).is_dir():
+        return Path(stamped)
+    folder = path.parent.parent
+    if path.parent.name == CHECKPOINT_SUBDIR and (folder / CONFIG_FILE_NAME).is_file():
+        return folder
+    return None
 
 
-def _config_record(config: TrainConfig) -> dict[str, Any]:
-    """Return the config as plain values (paths as strings) for checkpoints."""
-    return {
-        key: str(value) if isinstance(value, Path) else value
-        for key, value in dataclasses.asdict(config).items()
-    }
+def checkpoint_filename(monitor: str) -> str:
+    """Best-checkpoint name pattern for ``monitor`` (``.ckpt`` is appended).
+
+    E.g. ``wake-epoch={epoch:03d}-vertex_px={val/vertex_error_px:.2f}`` gives
+    ``wake-epoch=012-vertex_px=3.21.ckpt``.
+    """
+    short = WakeProgressBar.DISPLAYED.get(monitor, monitor.rsplit("/", 1)[-1])
+    return f"wake-epoch={{epoch:03d}}-{short}={{{monitor}:.2f}}"
 
 
-def _checkpoint_callbacks(checkpoint_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+def _checkpoint_callbacks(
+    checkpoint_dir: Path, monitor: str, mode: str
+) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """Return the best-checkpoint callback and the every-epoch ``last.ckpt`` callback.
 
     ``last.ckpt`` comes from its own unmonitored callback: Lightning 2.6's
@@ -374,9 +406,9 @@ def _checkpoint_callbacks(checkpoint_dir: Path) -> tuple[ModelCheckpoint, ModelC
     """
     best = ModelCheckpoint(
         dirpath=checkpoint_dir,
-        filename=CHECKPOINT_FILENAME,
-        monitor=MONITOR,
-        mode="min",
+        filename=checkpoint_filename(monitor),
+        monitor=monitor,
+        mode=mode,
         save_top_k=1,
         auto_insert_metric_name=False,
         enable_version_counter=False,
@@ -390,17 +422,47 @@ def _checkpoint_callbacks(checkpoint_dir: Path) -> tuple[ModelCheckpoint, ModelC
     return best, last
 
 
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's chatter during a run: only our log lines and the progress bar remain.
+
+    Lightning's INFO lines (GPU/TPU availability, "Tip" adverts, the
+    stepping-batches estimate, "fit stopped") are raised to WARNING; torch's
+    ``LeafSpec`` deprecation warning from Lightning's pytree helper and
+    Lightning's "does not have many workers" hint (the data module chooses the
+    worker count) are ignored. Lightning's other warnings and errors still
+    show. With debug logging (``--verbose``) nothing is hidden. Levels and
+    filters are restored afterwards.
+    """
+    if logging.getLogger("wakemodel").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    saved = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated"
+        )
+        # The data module picks its worker count on purpose (chips are cached in memory).
+        warnings.filterwarnings("ignore", message=r".*does not have many workers")
+        try:
+            for name in _LIGHTNING_LOGGERS:
+                logging.getLogger(name).setLevel(logging.WARNING)
+            yield
+        finally:
+            for name, level in saved.items():
+                logging.getLogger(name).setLevel(level)
+
+
 def _build_trainer(
     config: TrainConfig,
     device: DeviceChoice,
     loggers: list[Logger],
     callbacks: list[Callback],
     run_dir: Path,
-    steps_per_epoch: int,
 ) -> pl.Trainer:
     """Create the Lightning Trainer of a run (atomic checkpoint writes, clipping ...).
 
-    The training loss is logged every 10 steps, or once per epoch for shorter epochs.
+    ``log_every_n_steps`` starts at 1; :class:`LogInterval` sets it when training starts.
     """
     return pl.Trainer(
         accelerator=device.lightning_accelerator,
@@ -419,7 +481,7 @@ def _build_trainer(
         enable_progress_bar=config.progress_bar,
         enable_checkpointing=not config.fast_dev_run,
         enable_model_summary=False,
-        log_every_n_steps=max(1, min(10, steps_per_epoch)),
+        log_every_n_steps=1,
         default_root_dir=run_dir,
     )
 
@@ -447,15 +509,6 @@ def _scale_batch_size(
     logger.info("Batch-size finder: %s chips per batch", found)
 
 
-def wants_device_augmentation(augment_on: str, accelerator: str) -> bool:
-    """Whether augmentation runs per batch on the training device (see ``TrainConfig``)."""
-    if augment_on not in ("auto", "workers", "device"):
-        raise InputError(f"--augment-on {augment_on!r}: choose auto, workers or device.")
-    if augment_on == "auto":
-        return accelerator in ("cuda", "mps")
-    return augment_on == "device"
-
-
 def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train the wake keypoint model.
 
@@ -465,7 +518,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
 
     Returns:
         Paths of the best and last checkpoints, the best epoch and its
-        validation metrics, and the run's log folder.
+        validation metrics, and the run's folder.
 
     Raises:
         WakeModelError: A requested GPU is missing, the data is missing or
@@ -473,6 +526,12 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
         SystemExit: The run was interrupted (Ctrl-C); ``last.ckpt`` holds the
             last finished epoch.
     """
+    with quiet_lightning():
+        return _train(config, callbacks)
+
+
+def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
+    """:func:`train` without the logging and warning settings."""
     device = select_device(config.accelerator, config.precision)
     env = environment_info(device)
     logger.info("Device: %s", device.description)
@@ -480,10 +539,14 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
         "Versions: torch %s, CUDA %s, cuDNN %s, Lightning %s",
         env["torch"], env["cuda"], env["cudnn"], env["lightning"],
     )
-    if config.epochs < 1:
-        raise InputError(f"--epochs {config.epochs}: must be at least 1.")
+    budget = (
+        TimeBudget(parse_duration_s(config.max_time), config.epochs)
+        if config.max_time is not None and config.fit_schedule_to_time and not config.fast_dev_run
+        else None
+    )
+    resume_folder = None
     if config.resume is not None:
-        _check_resume(config.resume, config.image_size)
+        resume_folder = _check_resume(config.resume, config.image_size)
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = WakeDataModule(
@@ -493,9 +556,8 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
         num_workers=config.workers,
         seed=config.seed,
         augment=True,
-        augment_on_device=wants_device_augmentation(config.augment_on, device.accelerator),
+        augment_on=config.augment_on,
     )
-    datamodule.setup("fit")
     module = WakeKeypointModule(
         image_size=config.image_size,
         pretrained=config.pretrained,
@@ -506,12 +568,27 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
         max_epochs=config.epochs,
     )
 
-    run_dir = _unique_run_dir(config.run_dir, config.run_name)
-    best_callback, last_callback = _checkpoint_callbacks(config.checkpoint_dir)
-    recorder = RunRecorder(env, _config_record(config), run_dir)
+    writes = not config.fast_dev_run
+    # A resumed run continues in its own folder; a new run never reuses one.
+    run_dir = resume_folder or _unique_run_dir(config.run_dir, config.run_name)
+    if config.checkpoint_dir is not None:
+        checkpoint_dir = config.checkpoint_dir
+    elif config.resume is not None and resume_folder is None:
+        checkpoint_dir = config.resume.parent  # a checkpoint from before run folders
+    else:
+        checkpoint_dir = run_dir / CHECKPOINT_SUBDIR
+    best_callback, last_callback = _checkpoint_callbacks(
+        checkpoint_dir, module.monitor, module.mode
+    )
+    recorded = replace(config, resume=None, run_name=run_dir.name)
+    recorder = RunRecorder(
+        module.monitor, module.mode, run_dir if writes else None, recorded if writes else None
+    )
     loggers = _build_loggers(config, run_dir)
-    all_callbacks: list[Callback] = [recorder, *callbacks]
-    if not config.fast_dev_run:
+    all_callbacks: list[Callback] = [recorder, LogInterval(), *callbacks]
+    if budget is not None:
+        all_callbacks.append(budget)
+    if writes:
         # Lightning's fast_dev_run still writes last.ckpt at the end: keep smoke tests from
         # overwriting a real run's checkpoint by not checkpointing at all.
         all_callbacks[:0] = [best_callback, last_callback]
@@ -521,45 +598,63 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
         all_callbacks.append(WakeProgressBar(leave=True))
 
     try:
-        trainer = _build_trainer(
-            config, device, loggers, all_callbacks, run_dir, len(datamodule.train_dataloader())
-        )
+        trainer = _build_trainer(config, device, loggers, all_callbacks, run_dir)
     except (MisconfigurationException, ValueError, TypeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise InputError(
             f"invalid trainer settings (--devices {config.devices}, --strategy "
             f"{config.strategy}, --num-nodes {config.num_nodes}, --precision {device.precision}, "
             f"--max-time {config.max_time}): {reason}"
         ) from error
-    logger.info("Run folder: %s; checkpoints: %s", run_dir, config.checkpoint_dir)
+    if not writes:
+        logger.info("Fast dev run: no run folder, checkpoints or logs are written")
+    elif resume_folder is not None:
+        logger.info("Resuming %s in run folder %s", config.resume, run_dir)
+    else:
+        logger.info("Run folder: %s", run_dir)
     fitted: pl.LightningModule = torch.compile(module) if config.compile else module
     if config.auto_batch_size:
         _scale_batch_size(trainer, fitted, datamodule, device)
     try:
-        trainer.fit(fitted, datamodule=datamodule, ckpt_path=config.resume)
+        with warnings.catch_warnings():
+            if resume_folder is not None:  # continuing in its own folder is the point
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+            trainer.fit(fitted, datamodule=datamodule, ckpt_path=config.resume)
     except SystemExit:
         if last_callback.best_model_path:
             logger.warning(
                 "Training interrupted; continue with --resume %s", last_callback.best_model_path
             )
         raise
+    except BaseException:
+        if resume_folder is None:
+            # Lightning opens the CSV log before the data loads; a run that failed to
+            # start leaves no empty folder behind.
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
     finally:
-        if config.logger == "wandb":
+        if config.logger == "wandb" and loggers:
             import wandb
 
             wandb.finish()
 
     best_epoch = recorder.best_epoch()
+    metrics_path = run_dir / "metrics.csv" if loggers else None
     return TrainResult(
         best_checkpoint=Path(best_callback.best_model_path)
-        if best_callback.best_model_path else None,
+        if writes and best_callback.best_model_path else None,
         # An unmonitored ModelCheckpoint's "best" is its latest file.
         last_checkpoint=Path(last_callback.best_model_path)
-        if last_callback.best_model_path else None,
+        if writes and last_callback.best_model_path else None,
         best_epoch=best_epoch,
         best_metrics=recorder.history.get(best_epoch, {}) if best_epoch is not None else {},
-        run_dir=run_dir,
+        run_dir=run_dir if writes else None,
         device=device,
         epochs_completed=trainer.current_epoch,
         history=dict(recorder.history),
+        config_path=recorder.config_path,
+        metrics_path=metrics_path if metrics_path is not None and metrics_path.is_file() else None,
+        checkpoint_dir=checkpoint_dir if writes else None,
+        resumed=config.resume is not None,
     )

@@ -1,0 +1,116 @@
+"""Model quality within a training-time budget: today's recipe against the new one.
+
+Both recipes train from random weights on the same synthetic chips (``--train-seed``,
+600 chips) with the same seed and the same wall-clock budget on the CPU, and are
+evaluated on held-out chips of another seed (``--eval-seed``, 200 chips) that no
+run ever trained on:
+
+- ``cut``: ``train --max-time`` as before: the schedule is planned for ``--epochs``
+  and Lightning stops the run when the time is up, wherever the learning rate is.
+- ``fitted``: ``train --max-time`` with the schedule fitted to the budget
+  (:class:`wakemodel.budget.TimeBudget`): the epochs that fit, annealed at the end.
+
+For each budget (``--minutes``, default 5 10 15) and recipe it prints the heading
+error's median, mean and p90 (degrees), the share of chips more than 90 degrees
+off, the median vertex error as a fraction of the wake length, and the epochs
+run. The best checkpoint by validation (what ``train`` reports) is evaluated.
+
+Usage (from the repository root; about 2 x the sum of the budgets)::
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_quality.py --minutes 5 10 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wakemodel.evaluate import evaluate
+from wakemodel.synthetic import generate_dataset
+from wakemodel.train import TrainConfig, train
+
+RECIPES = ("cut", "fitted")
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0, 15.0])
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    parser.add_argument("--train-count", type=int, default=600)
+    parser.add_argument("--eval-count", type=int, default=200)
+    parser.add_argument("--train-seed", type=int, default=0)
+    parser.add_argument("--eval-seed", type=int, default=1)
+    parser.add_argument("--data-root", type=Path, default=Path("data/bench-quality"),
+                        help="Synthetic sets are written here once and reused.")
+    parser.add_argument("--json", type=Path, help="Also write the rows as JSON.")
+    return parser.parse_args()
+
+
+def _dataset(root: Path, count: int, seed: int) -> Path:
+    folder = root / f"seed{seed}-{count}"
+    if not (folder / "imgs").is_dir():
+        generate_dataset(folder, count, seed)
+    return folder
+
+
+def _run(recipe: str, minutes: float, train_dir: Path, eval_dir: Path, seed: int) -> dict[str, Any]:
+    seconds = round(minutes * 60)
+    max_time = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder:
+        start = time.monotonic()
+        result = train(TrainConfig(
+            data_dir=train_dir, accelerator="cpu", max_time=max_time, seed=seed,
+            pretrained=False, progress_bar=False, run_dir=Path(folder), run_name=recipe,
+            fit_schedule_to_time=recipe == "fitted",
+        ))
+        wall_s = time.monotonic() - start
+        report = evaluate(result.best_checkpoint or result.last_checkpoint, eval_dir,
+                          accelerator="cpu")
+    heading = report.errors["heading_error_deg"]
+    vertex = report.errors["vertex_error_frac"]
+    return {
+        "recipe": recipe,
+        "minutes": minutes,
+        "wall_s": wall_s,
+        "epochs": result.epochs_completed,
+        "best_epoch": result.best_epoch,
+        "heading_median_deg": float(np.nanmedian(heading)),
+        "heading_mean_deg": float(np.nanmean(heading)),
+        "heading_p90_deg": float(np.nanpercentile(heading, 90)),
+        "share_over_90_deg": float(np.mean(np.nan_to_num(heading, nan=180.0) > 90.0)),
+        "vertex_frac_median": float(np.nanmedian(vertex)),
+    }
+
+
+def main() -> None:
+    args = _parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    train_dir = _dataset(args.data_root, args.train_count, args.train_seed)
+    eval_dir = _dataset(args.data_root, args.eval_count, args.eval_seed)
+    rows = [
+        _run(recipe, minutes, train_dir, eval_dir, args.train_seed)
+        for minutes in args.minutes
+        for recipe in args.recipes
+    ]
+    header = (f"{'recipe':<8}{'budget':>8}{'wall':>8}{'epochs':>8}{'best':>6}"
+              f"{'heading median':>16}{'mean':>8}{'p90':>8}{'> 90°':>8}{'vertex/len':>12}")
+    print(f"{len(rows)} runs; train {train_dir}, held out {eval_dir} ({args.eval_count} chips)")
+    print(header)
+    for row in rows:
+        print(f"{row['recipe']:<8}{row['minutes']:>7g}m{row['wall_s'] / 60:>7.1f}m"
+              f"{row['epochs']:>8}{row['best_epoch']!s:>6}{row['heading_median_deg']:>15.2f}°"
+              f"{row['heading_mean_deg']:>7.1f}°{row['heading_p90_deg']:>7.1f}°"
+              f"{row['share_over_90_deg']:>8.1%}{row['vertex_frac_median']:>12.1%}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

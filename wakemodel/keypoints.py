@@ -1,0 +1,255 @@
+"""Keypoint rules: slots, names, arm order and the wake geometry derived from them.
+
+The one home for what the three keypoints mean, used by the loss, the metrics,
+inference (test-time augmentation included), evaluation and georeferencing.
+Every function takes numpy arrays or torch tensors alike and returns the same
+kind, so ONNX inference and evaluation run without importing torch.
+
+Conventions: keypoints are ``[..., 3, 2]`` as (x, y); slot 0 is the wake
+vertex (the vessel), slots 1 and 2 are the far ends of the wake components,
+whose order is meaningless. A bool ``visible`` mask ``[..., 3]`` goes with
+them; invisible slots are never read (they may hold NaN). Pixel coordinates
+are in the ORIGINAL chip (x right, y down). Headings are compass bearings in
+degrees [0, 360): north = image up, east = image right, clockwise, from the
+far-end point towards the vertex.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+NUM_KEYPOINTS = 3
+"""Keypoint slots per chip: the vertex and two wake ends."""
+
+KEYPOINT_NAMES = ("vertex", "end_1", "end_2")
+"""Names of the 3 keypoint slots: the wake vertex (vessel), then the wake ends."""
+
+VERTEX_SLOT = 0
+"""Slot of the wake vertex."""
+
+IDENTITY_ORDER = (0, 1, 2)
+"""Slot order that keeps the wake ends as they are."""
+
+SWAPPED_ORDER = (0, 2, 1)
+"""Slot order that swaps the two wake ends."""
+
+Array = TypeVar("Array", np.ndarray, "Tensor")
+"""A numpy array or a torch tensor; functions return the kind they are given."""
+
+
+def namespace(array: Any) -> ModuleType:
+    """``torch`` for a torch tensor, else ``numpy`` (the functions used exist in both)."""
+    if type(array).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    return np
+
+
+def cast(values: Array, like: Array) -> Array:
+    """``values`` with the dtype of ``like`` (same kind of array, same device)."""
+    return namespace(values).asarray(values, dtype=like.dtype)
+
+
+def length(delta: Array) -> Array:
+    """Euclidean length of ``[..., 2]`` vectors, ``[...]``."""
+    return namespace(delta).hypot(delta[..., 0], delta[..., 1])
+
+
+def to_pixels(keypoints_norm: Array, orig_size: Array) -> Array:
+    """Map normalised keypoints to pixels of the original chip.
+
+    Args:
+        keypoints_norm: ``[..., K, 2]`` (x / width, y / height).
+        orig_size: ``[..., 2]`` original chip (width_px, height_px).
+
+    Returns:
+        ``[..., K, 2]`` keypoints in original pixels.
+    """
+    return keypoints_norm * cast(orig_size, keypoints_norm)[..., None, :]
+
+
+def far_end_px(keypoints_px: Array, visible: Array) -> Array:
+    """Mean of the visible far-end keypoints (slots 1 and 2).
+
+    Args:
+        keypoints_px: ``[..., 3, 2]`` keypoints in pixels.
+        visible: Bool ``[..., 3]``.
+
+    Returns:
+        ``[..., 2]`` far-end point in pixels; NaN where no far end is visible.
+    """
+    xp = namespace(keypoints_px)
+    ends = keypoints_px[..., 1:, :]
+    ends_visible = visible[..., 1:, None]
+    total = xp.where(ends_visible, ends, 0.0).sum(-2)
+    count = cast(ends_visible.sum(-2), keypoints_px)
+    mean = total / xp.clip(count, 1, None)
+    return xp.where(count > 0, mean, math.nan)
+
+
+def heading_deg(keypoints_px: Array, visible: Array) -> Array:
+    """Compass bearing from the far-end point towards the vertex.
+
+    Args:
+        keypoints_px: ``[..., 3, 2]`` keypoints in original pixels (y down).
+        visible: Bool ``[..., 3]``.
+
+    Returns:
+        ``[...]`` heading in degrees [0, 360), 0 = north (image up), 90 = east;
+        NaN where no far end is visible.
+    """
+    xp = namespace(keypoints_px)
+    delta = keypoints_px[..., VERTEX_SLOT, :] - far_end_px(keypoints_px, visible)
+    bearing = xp.rad2deg(xp.arctan2(delta[..., 0], -delta[..., 1]))
+    return xp.remainder(bearing, 360.0)
+
+
+def angle_difference_deg(a: Any, b: Any) -> Any:
+    """Smallest absolute difference between two bearings (the angular error).
+
+    Args:
+        a: ``[...]`` bearings in degrees (any range); a number, list, array or tensor.
+        b: ``[...]`` bearings in degrees, broadcastable with ``a``.
+
+    Returns:
+        ``[...]`` absolute angular difference in degrees [0, 180] (a numpy
+        array for non-tensor input).
+    """
+    xp = namespace(a)
+    if xp is np:
+        a, b = np.asarray(a), np.asarray(b)
+    return xp.abs(xp.remainder(a - b + 180.0, 360.0) - 180.0)
+
+
+def wake_length_px(keypoints_px: Array, visible: Array) -> Array:
+    """Distance from the vertex to the far-end point.
+
+    Args:
+        keypoints_px: ``[..., 3, 2]`` keypoints in original pixels.
+        visible: Bool ``[..., 3]``.
+
+    Returns:
+        ``[...]`` wake length in pixels; NaN where no far end is visible.
+    """
+    return length(keypoints_px[..., VERTEX_SLOT, :] - far_end_px(keypoints_px, visible))
+
+
+def predicted_visibility(visibility_prob: Array, threshold: float = 0.5) -> Array:
+    """Turn predicted visibility probabilities into a mask with at least one far end.
+
+    The vertex (slot 0) is always visible; a far end is visible when its
+    probability exceeds ``threshold``; if neither is, the more confident one is.
+
+    Args:
+        visibility_prob: ``[..., 3]`` probabilities in [0, 1] (a bool mask also works).
+        threshold: Probability above which a far end counts as visible.
+
+    Returns:
+        Bool ``[..., 3]`` visibility mask.
+    """
+    xp = namespace(visibility_prob)
+    arm_prob = xp.asarray(visibility_prob[..., 1:], dtype=xp.float32)
+    arms = arm_prob > threshold
+    best = arm_prob.argmax(-1)
+    best_arm = xp.stack([best == 0, best == 1], -1)
+    arms = xp.where(arms.any(-1)[..., None], arms, best_arm)
+    vertex = xp.ones_like(arms[..., :1])
+    return xp.concatenate([vertex, arms], -1)
+
+
+def permute_slots(values: Array, order: Array) -> Array:
+    """Reorder the keypoint slots of ``values`` per sample.
+
+    Args:
+        values: Per-slot values, either ``[..., 3]`` (visibility, logits) or
+            ``[..., 3, D]`` (coordinates).
+        order: Integer ``[..., 3]``: output slot ``k`` takes input slot ``order[..., k]``.
+
+    Returns:
+        ``values`` with its slot dimension reordered; same shape and dtype.
+    """
+    if namespace(values) is np:
+        values, order = np.asarray(values), np.asarray(order)
+        if values.ndim == order.ndim:
+            return np.take_along_axis(values, order, axis=-1)
+        index = np.broadcast_to(order[..., None], values.shape)
+        return np.take_along_axis(values, index, axis=-2)
+    import torch
+
+    if values.dim() == order.dim():
+        return torch.gather(values, -1, order)
+    index = order.unsqueeze(-1).expand_as(values)
+    return torch.gather(values, -2, index)
+
+
+def slot_orders(like: Array) -> Array:
+    """The two arm orders as integer ``[2, 3]`` (identity, swapped), the kind of ``like``."""
+    xp = namespace(like)
+    if xp is np:
+        return np.array([IDENTITY_ORDER, SWAPPED_ORDER], dtype=np.int64)
+    return xp.tensor([IDENTITY_ORDER, SWAPPED_ORDER], device=like.device)
+
+
+def order_from_costs(costs: Array) -> Array:
+    """Pick each sample's arm order from its costs; ties keep the identity.
+
+    Args:
+        costs: ``[..., 2]`` cost of the identity (index 0) and swapped (1) order.
+
+    Returns:
+        Integer ``[..., 3]`` slot order, ``(0, 1, 2)`` or ``(0, 2, 1)``.
+    """
+    swap = costs[..., 1] < costs[..., 0]
+    orders = slot_orders(costs)
+    return orders[swap.astype(np.int64) if namespace(costs) is np else swap.long()]
+
+
+def arm_order_costs(pred: Array, target: Array, visible: Array) -> Array:
+    """L1 distance between ``pred`` and ``target`` for both arm orders of the target.
+
+    Args:
+        pred: ``[..., 3, 2]`` predicted coordinates (any unit).
+        target: ``[..., 3, 2]`` target coordinates (same unit); invisible slots
+            may hold any value, NaN included.
+        visible: Bool ``[..., 3]`` target visibility.
+
+    Returns:
+        ``[..., 2]`` summed L1 distance over the visible (reordered) target
+        slots: index 0 for the identity order, 1 for the swapped order.
+    """
+    xp = namespace(pred)
+    costs = []
+    for order in (IDENTITY_ORDER, SWAPPED_ORDER):
+        reordered = target[..., list(order), :]
+        mask = visible[..., list(order)][..., None]
+        difference = xp.where(mask, pred - xp.where(mask, reordered, 0.0), 0.0)
+        costs.append(xp.abs(difference).sum(-1).sum(-1))
+    return xp.stack(costs, -1)
+
+
+def match_arm_order(pred: Array, target: Array, visible: Array) -> Array:
+    """Best order of the target's arm slots for each sample, by L1 distance.
+
+    Ties keep the identity order.
+
+    Args:
+        pred: ``[..., 3, 2]`` predicted coordinates (normalised or pixels).
+        target: ``[..., 3, 2]`` target coordinates in the same unit.
+        visible: Bool ``[..., 3]`` target visibility.
+
+    Returns:
+        Integer ``[..., 3]`` slot order, ``(0, 1, 2)`` or ``(0, 2, 1)``; apply it
+        to the TARGET (and its visibility) with :func:`permute_slots` to align
+        it with the prediction.
+    """
+    if namespace(pred) is not np:
+        pred = pred.detach()
+    return order_from_costs(arm_order_costs(pred, target, visible))
