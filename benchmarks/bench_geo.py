@@ -38,8 +38,10 @@ def math_loop(vessel_lat, vessel_lon, lats, lons) -> list[float]:
     out = []
     for lat, lon in zip(lats, lons, strict=True):
         phi2, lam2 = math.radians(lat), math.radians(lon)
-        h = (math.sin((phi2 - phi1) / 2) ** 2
-             + cos_phi1 * math.cos(phi2) * math.sin((lam2 - lam1) / 2) ** 2)
+        h = (
+            math.sin((phi2 - phi1) / 2) ** 2
+            + cos_phi1 * math.cos(phi2) * math.sin((lam2 - lam1) / 2) ** 2
+        )
         out.append(2 * EARTH_RADIUS_KM * math.asin(math.sqrt(h)))
     return out
 
@@ -47,8 +49,10 @@ def math_loop(vessel_lat, vessel_lon, lats, lons) -> list[float]:
 def numpy_straightforward(vessel_lat, vessel_lon, lats, lons) -> np.ndarray:
     """The textbook numpy haversine (broadcasts like the package function)."""
     phi1, lam1, phi2, lam2 = map(np.radians, (vessel_lat, vessel_lon, lats, lons))
-    h = (np.sin((phi2 - phi1) / 2) ** 2
-         + np.cos(phi1) * np.cos(phi2) * np.sin((lam2 - lam1) / 2) ** 2)
+    h = (
+        np.sin((phi2 - phi1) / 2) ** 2
+        + np.cos(phi1) * np.cos(phi2) * np.sin((lam2 - lam1) / 2) ** 2
+    )
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(h))
 
 
@@ -60,11 +64,21 @@ def random_points(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.
 def distance_table(rng: np.random.Generator, repeats: int) -> None:
     """Time the distance implementations for one vessel and for a broadcast grid."""
     print("\n== Distances (median ms; x = speed-up over the straightforward numpy version) ==")
-    columns = ["math loop", "numpy", "haversine_vectorized", "  float32",
-               "PlatformIndex.distances", "  float32"]
+    columns = [
+        "math loop",
+        "numpy",
+        "haversine_vectorized",
+        "  float32",
+        "PlatformIndex.distances",
+        "  float32",
+    ]
     print(f"{'case':<22}" + "".join(f"{c:>25}" for c in columns))
-    cases = [("1 x 1e3", 1, 1_000), ("1 x 1e4", 1, 10_000), ("1 x 1e6", 1, 1_000_000),
-             ("2e3 x 2e3 broadcast", 2_000, 2_000)]
+    cases = [
+        ("1 x 1e3", 1, 1_000),
+        ("1 x 1e4", 1, 10_000),
+        ("1 x 1e6", 1, 1_000_000),
+        ("2e3 x 2e3 broadcast", 2_000, 2_000),
+    ]
     for label, vessels, platforms in cases:
         distance_case(rng, repeats, label, vessels, platforms)
 
@@ -86,19 +100,20 @@ def distance_case(
         loop = median_seconds(lambda: math_loop(v_lat, v_lon, lats, lons), loop_repeats)
     else:
         loop = median_seconds(
-            lambda: [math_loop(a, b, lats, lons)
-                     for a, b in zip(vessel_lats, vessel_lons, strict=True)],
+            lambda: [
+                math_loop(a, b, lats, lons) for a, b in zip(vessel_lats, vessel_lons, strict=True)
+            ],
             loop_repeats,
         )
     timings = [
         loop,
         median_seconds(lambda: numpy_straightforward(v_lat, v_lon, lats, lons), repeats),
         median_seconds(lambda: haversine_vectorized(v_lat, v_lon, lats, lons), repeats),
-        median_seconds(lambda: haversine_vectorized(v_lat, v_lon, lats, lons,
-                                                    dtype=np.float32), repeats),
+        median_seconds(
+            lambda: haversine_vectorized(v_lat, v_lon, lats, lons, dtype=np.float32), repeats
+        ),
         median_seconds(lambda: index.distances(index_lat, index_lon), repeats),
-        median_seconds(lambda: index.distances(index_lat, index_lon, dtype=np.float32),
-                       repeats),
+        median_seconds(lambda: index.distances(index_lat, index_lon, dtype=np.float32), repeats),
     ]
     cells = [f"{t * 1e3:.2f} ({timings[1] / t:.2f}x)" for t in timings]
     print(f"{label:<22}" + "".join(f"{c:>25}" for c in cells))
@@ -106,13 +121,17 @@ def distance_case(
         exact = haversine_vectorized(v_lat, v_lon, lats, lons)
         error_m = [
             np.abs(f(v_lat, v_lon, dtype=np.float32) - exact).max() * 1e3
-            for f in (lambda a, b, dtype: haversine_vectorized(a, b, lats, lons, dtype=dtype),
-                      index.distances)
+            for f in (
+                lambda a, b, dtype: haversine_vectorized(a, b, lats, lons, dtype=dtype),
+                index.distances,
+            )
         ]
         textbook_m = np.abs(numpy_straightforward(v_lat, v_lon, lats, lons) - exact).max() * 1e3
-        print(f"{'':<22}max |float32 - float64|: haversine_vectorized {error_m[0]:.2f} m, "
-              f"PlatformIndex.distances {error_m[1]:.2f} m; textbook vs package float64 "
-              f"{textbook_m:.1e} m")
+        print(
+            f"{'':<22}max |float32 - float64|: haversine_vectorized {error_m[0]:.2f} m, "
+            f"PlatformIndex.distances {error_m[1]:.2f} m; textbook vs package float64 "
+            f"{textbook_m:.1e} m"
+        )
 
 
 def index_table(rng: np.random.Generator, vessels: int, points: int, brute_vessels: int) -> None:
@@ -145,14 +164,20 @@ def index_table(rng: np.random.Generator, vessels: int, points: int, brute_vesse
         brute_times.append(time.perf_counter() - start)
     brute_total = statistics.median(brute_times) * vessels / brute_vessels
     assert np.array_equal(brute, found.indices[subset, 0]), "index disagrees with brute force"
-    print(f"PlatformIndex build {build:.2f} s + query {query:.2f} s = {build + query:.2f} s "
-          f"(single run)")
-    print(f"chunked brute force (PlatformIndex.distances, {chunk} vessels per chunk, "
-          f"precomputed unit vectors): median {statistics.median(brute_times):.2f} s for the "
-          f"first {brute_vessels} vessels, EXTRAPOLATED linearly to {vessels:.0e} vessels: "
-          f"{brute_total:.0f} s")
-    print(f"index speed-up: {brute_total / (build + query):.0f}x (same nearest indices on the "
-          f"timed subset)")
+    print(
+        f"PlatformIndex build {build:.2f} s + query {query:.2f} s = {build + query:.2f} s "
+        f"(single run)"
+    )
+    print(
+        f"chunked brute force (PlatformIndex.distances, {chunk} vessels per chunk, "
+        f"precomputed unit vectors): median {statistics.median(brute_times):.2f} s for the "
+        f"first {brute_vessels} vessels, EXTRAPOLATED linearly to {vessels:.0e} vessels: "
+        f"{brute_total:.0f} s"
+    )
+    print(
+        f"index speed-up: {brute_total / (build + query):.0f}x (same nearest indices on the "
+        f"timed subset)"
+    )
 
 
 def main() -> None:
@@ -161,11 +186,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="Timed runs per median.")
     parser.add_argument("--vessels", type=int, default=100_000)
     parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--brute-vessels", type=int, default=32,
-                        help="Vessels timed for brute force (then extrapolated).")
+    parser.add_argument(
+        "--brute-vessels",
+        type=int,
+        default=32,
+        help="Vessels timed for brute force (then extrapolated).",
+    )
     args = parser.parse_args()
-    print(f"numpy {np.__version__}, Python {platform.python_version()}, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"numpy {np.__version__}, Python {platform.python_version()}, "
+        f"{platform.processor() or platform.machine()}"
+    )
     rng = np.random.default_rng(0)
     distance_table(rng, args.repeats)
     index_table(rng, args.vessels, args.points, args.brute_vessels)

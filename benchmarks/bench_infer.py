@@ -50,8 +50,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=30, help="Single-chip latency repeats.")
     parser.add_argument("--batch-repeats", type=int, default=5, help="Batch throughput repeats.")
     parser.add_argument("--cli-repeats", type=int, default=3, help="End-to-end CLI repeats.")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="Threads for torch and ONNX Runtime (default: usable cores).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="Threads for torch and ONNX Runtime (default: usable cores).",
+    )
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     return parser.parse_args()
 
@@ -63,8 +67,9 @@ def _random_checkpoint(image_size: int, path: Path) -> Path:
     from wakemodel.model import WakeKeypointModule
 
     module = WakeKeypointModule(image_size=image_size, pretrained=False)
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
     return path
@@ -79,9 +84,18 @@ def _timed(call: Callable[..., object], *args: object) -> float:
 def _cli_seconds(model: Path, chip: Path) -> float:
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, str(REPO_ROOT / "cli.py"), "infer", str(model), str(chip),
-         "--accelerator", "cpu"],
-        check=True, capture_output=True, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            str(REPO_ROOT / "cli.py"),
+            "infer",
+            str(model),
+            str(chip),
+            "--accelerator",
+            "cpu",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=REPO_ROOT,
     )
     return time.perf_counter() - start
 
@@ -108,8 +122,9 @@ def main() -> None:
     torch_predictor = load_model(checkpoint, accelerator="cpu")
     predictors = {
         "torch_fp32": torch_predictor,
-        **{name: OnnxKeypointPredictor(path, threads=args.threads)
-           for name, path in models.items()},
+        **{
+            name: OnnxKeypointPredictor(path, threads=args.threads) for name, path in models.items()
+        },
     }
     image_size = torch_predictor.image_size
     records = scan_dataset(chips_dir)
@@ -159,23 +174,33 @@ def main() -> None:
         for name in predictors
     }
     base = results["torch_fp32"]
-    print(f"image size {image_size}, threads {args.threads}, {args.repeats} single-chip and "
-          f"{args.batch_repeats} batch-{args.batch} repeats, {args.chips} chips, "
-          f"checkpoint {'given' if args.checkpoint else 'random weights'}, load "
-          f"{os.getloadavg()[0]:.1f}")
-    header = (f"{'backend':<11} {'lat med ms':>10} {'lat p90 ms':>10} {'speed-up':>8} "
-              f"{'b32 chips/s':>11} {'ratio':>6} {'file MB':>8} {'max dpx':>8} {'CLI s':>6}")
+    print(
+        f"image size {image_size}, threads {args.threads}, {args.repeats} single-chip and "
+        f"{args.batch_repeats} batch-{args.batch} repeats, {args.chips} chips, "
+        f"checkpoint {'given' if args.checkpoint else 'random weights'}, load "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    header = (
+        f"{'backend':<11} {'lat med ms':>10} {'lat p90 ms':>10} {'speed-up':>8} "
+        f"{'b32 chips/s':>11} {'ratio':>6} {'file MB':>8} {'max dpx':>8} {'CLI s':>6}"
+    )
     print(header)
     for name, row in results.items():
         cli = f"{row['cli_infer_s']:.2f}" if row["cli_infer_s"] is not None else "-"
-        print(f"{name:<11} {row['latency_median_ms']:>10.1f} {row['latency_p90_ms']:>10.1f} "
-              f"{base['latency_median_ms'] / row['latency_median_ms']:>7.2f}x "
-              f"{row['batch_chips_per_s']:>11.1f} "
-              f"{row['batch_chips_per_s'] / base['batch_chips_per_s']:>5.2f}x "
-              f"{row['file_mb']:>8.1f} {row['max_keypoint_diff_px']:>8.3f} {cli:>6}")
+        print(
+            f"{name:<11} {row['latency_median_ms']:>10.1f} {row['latency_p90_ms']:>10.1f} "
+            f"{base['latency_median_ms'] / row['latency_median_ms']:>7.2f}x "
+            f"{row['batch_chips_per_s']:>11.1f} "
+            f"{row['batch_chips_per_s'] / base['batch_chips_per_s']:>5.2f}x "
+            f"{row['file_mb']:>8.1f} {row['max_keypoint_diff_px']:>8.3f} {cli:>6}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "results": results}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-count", type=int, default=200)
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--eval-seed", type=int, default=1)
-    parser.add_argument("--data-root", type=Path, default=Path("data/bench-quality"),
-                        help="Synthetic sets are written here once and reused.")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path("data/bench-quality"),
+        help="Synthetic sets are written here once and reused.",
+    )
     parser.add_argument("--json", type=Path, help="Also write the rows as JSON.")
     return parser.parse_args()
 
@@ -65,14 +69,23 @@ def _run(recipe: str, minutes: float, train_dir: Path, eval_dir: Path, seed: int
     max_time = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder:
         start = time.monotonic()
-        result = train(TrainConfig(
-            data_dir=train_dir, accelerator="cpu", max_time=max_time, seed=seed,
-            pretrained=False, progress_bar=False, run_dir=Path(folder), run_name=recipe,
-            fit_schedule_to_time=recipe == "fitted",
-        ))
+        result = train(
+            TrainConfig(
+                data_dir=train_dir,
+                accelerator="cpu",
+                max_time=max_time,
+                seed=seed,
+                pretrained=False,
+                progress_bar=False,
+                run_dir=Path(folder),
+                run_name=recipe,
+                fit_schedule_to_time=recipe == "fitted",
+            )
+        )
         wall_s = time.monotonic() - start
-        report = evaluate(result.best_checkpoint or result.last_checkpoint, eval_dir,
-                          accelerator="cpu")
+        report = evaluate(
+            result.best_checkpoint or result.last_checkpoint, eval_dir, accelerator="cpu"
+        )
     heading = report.errors["heading_error_deg"]
     vertex = report.errors["vertex_error_frac"]
     return {
@@ -99,15 +112,19 @@ def main() -> None:
         for minutes in args.minutes
         for recipe in args.recipes
     ]
-    header = (f"{'recipe':<8}{'budget':>8}{'wall':>8}{'epochs':>8}{'best':>6}"
-              f"{'heading median':>16}{'mean':>8}{'p90':>8}{'> 90°':>8}{'vertex/len':>12}")
+    header = (
+        f"{'recipe':<8}{'budget':>8}{'wall':>8}{'epochs':>8}{'best':>6}"
+        f"{'heading median':>16}{'mean':>8}{'p90':>8}{'> 90°':>8}{'vertex/len':>12}"
+    )
     print(f"{len(rows)} runs; train {train_dir}, held out {eval_dir} ({args.eval_count} chips)")
     print(header)
     for row in rows:
-        print(f"{row['recipe']:<8}{row['minutes']:>7g}m{row['wall_s'] / 60:>7.1f}m"
-              f"{row['epochs']:>8}{row['best_epoch']!s:>6}{row['heading_median_deg']:>15.2f}°"
-              f"{row['heading_mean_deg']:>7.1f}°{row['heading_p90_deg']:>7.1f}°"
-              f"{row['share_over_90_deg']:>8.1%}{row['vertex_frac_median']:>12.1%}")
+        print(
+            f"{row['recipe']:<8}{row['minutes']:>7g}m{row['wall_s'] / 60:>7.1f}m"
+            f"{row['epochs']:>8}{row['best_epoch']!s:>6}{row['heading_median_deg']:>15.2f}°"
+            f"{row['heading_mean_deg']:>7.1f}°{row['heading_p90_deg']:>7.1f}°"
+            f"{row['share_over_90_deg']:>8.1%}{row['vertex_frac_median']:>12.1%}"
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
 

@@ -80,19 +80,31 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per repeat.")
     parser.add_argument("--repeats", type=int, default=3, help="Alternating repeats (median).")
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu ...")
-    parser.add_argument("--precision", default="32",
-                        help="Precision of (b) and (c); (a) is always fp32 ('default': package "
-                        "default for the device).")
-    parser.add_argument("--augment-on", choices=["auto", "workers", "device", "both"],
-                        default="auto", help="Where (b) augments (both: two variants).")
+    parser.add_argument(
+        "--precision",
+        default="32",
+        help="Precision of (b) and (c); (a) is always fp32 ('default': package "
+        "default for the device).",
+    )
+    parser.add_argument(
+        "--augment-on",
+        choices=["auto", "workers", "device", "both"],
+        default="auto",
+        help="Where (b) augments (both: two variants).",
+    )
     parser.add_argument("--compile", action="store_true", help="Also measure (c) torch.compile.")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="torch intra-op threads (default: usable cores).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch intra-op threads (default: usable cores).",
+    )
     parser.add_argument("--no-peak-memory", action="store_true", help="Skip the memory runs.")
     parser.add_argument("--data", type=Path, help="Existing dataset (default: synthetic).")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
-    parser.add_argument("--peak-memory-child", choices=["reference", "package"],
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--peak-memory-child", choices=["reference", "package"], help=argparse.SUPPRESS
+    )
     return parser.parse_args()
 
 
@@ -127,15 +139,21 @@ def _cycle(loader: DataLoader[Any]) -> Iterator[dict[str, torch.Tensor]]:
 class ReferenceRunner:
     """Plain fp32 eager loop over :class:`ReferenceDataset` with one loader worker."""
 
-    def __init__(self, records: list[WakeRecord], image_size: int, batch_size: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self, records: list[WakeRecord], image_size: int, batch_size: int, device: torch.device
+    ) -> None:
         torch.manual_seed(SEED)
         self.device = device
         self.model = EfficientNetB0KeypointDetector().to(device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR)
-        loader = DataLoader(ReferenceDataset(records, image_size), batch_size=batch_size,
-                            shuffle=True, drop_last=len(records) > batch_size, num_workers=1,
-                            persistent_workers=True)
+        loader = DataLoader(
+            ReferenceDataset(records, image_size),
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=len(records) > batch_size,
+            num_workers=1,
+            persistent_workers=True,
+        )
         self.batches = _cycle(loader)
 
     def run(self, steps: int) -> tuple[list[float], list[float]]:
@@ -147,8 +165,9 @@ class ReferenceRunner:
             batch = {key: value.to(self.device) for key, value in batch.items()}
             loaded = time.perf_counter()
             output = self.model(batch["image"])
-            loss = keypoint_loss(output.keypoints, output.visibility_logits,
-                                 batch["keypoints"], batch["visible"])
+            loss = keypoint_loss(
+                output.keypoints, output.visibility_logits, batch["keypoints"], batch["visible"]
+            )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -169,13 +188,20 @@ class StepTimer(pl.Callback):
         self._last_end: float | None = None
         self._start = 0.0
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                             batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._start = time.perf_counter()
         self._wait = 0.0 if self._last_end is None else self._start - self._last_end
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize()
         end = time.perf_counter()
@@ -188,15 +214,27 @@ class StepTimer(pl.Callback):
 class PackageRunner:
     """``WakeDataModule`` + ``WakeKeypointModule`` under a Lightning Trainer."""
 
-    def __init__(self, data_dir: Path, image_size: int, batch_size: int, accelerator: str,
-                 precision: str | None, augment_on: str = "auto",
-                 compile_model: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        image_size: int,
+        batch_size: int,
+        accelerator: str,
+        precision: str | None,
+        augment_on: str = "auto",
+        compile_model: bool = False,
+    ) -> None:
         self.device = select_device(accelerator, precision)
         if augment_on == "auto":  # setup runs below, before a Trainer is attached to resolve it
             augment_on = "device" if self.device.accelerator in ("cuda", "mps") else "workers"
-        self.datamodule = WakeDataModule(data_dir, image_size=image_size, batch_size=batch_size,
-                                         seed=SEED, augment=True,
-                                         augment_on=augment_on)
+        self.datamodule = WakeDataModule(
+            data_dir,
+            image_size=image_size,
+            batch_size=batch_size,
+            seed=SEED,
+            augment=True,
+            augment_on=augment_on,
+        )
         start = time.perf_counter()
         self.datamodule.setup("fit")
         self.setup_s = time.perf_counter() - start
@@ -206,16 +244,24 @@ class PackageRunner:
     def run(self, steps: int) -> tuple[list[float], list[float]]:
         """Train ``steps`` timed steps (+1 that starts the clock) on a fresh module."""
         pl.seed_everything(SEED, verbose=False)
-        module: Any = WakeKeypointModule(image_size=self.image_size, pretrained=False,
-                                         lr=LR, max_epochs=1)
+        module: Any = WakeKeypointModule(
+            image_size=self.image_size, pretrained=False, lr=LR, max_epochs=1
+        )
         if self.compile_model:
             module = torch.compile(module)
         timer = StepTimer()
         trainer = pl.Trainer(
-            accelerator=self.device.lightning_accelerator, devices=1,
-            precision=self.device.precision, max_steps=steps + 1, limit_val_batches=0,
-            num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+            accelerator=self.device.lightning_accelerator,
+            devices=1,
+            precision=self.device.precision,
+            max_steps=steps + 1,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer],
         )
         trainer.fit(module, datamodule=self.datamodule)
         return timer.totals, timer.waits
@@ -255,15 +301,27 @@ def _peak_memory_child(args: argparse.Namespace, data_dir: Path) -> None:
 
 
 def _peak_memory(args: argparse.Namespace, data_dir: Path, variant: str) -> dict[str, float]:
-    command = [sys.executable, __file__, "--peak-memory-child", variant, "--data", str(data_dir),
-               "--accelerator", args.accelerator, "--precision", args.precision,
-               "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--peak-memory-child",
+        variant,
+        "--data",
+        str(data_dir),
+        "--accelerator",
+        args.accelerator,
+        "--precision",
+        args.precision,
+        "--threads",
+        str(args.threads),
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
-def _summary(totals: list[list[float]], waits: list[list[float]], batch_size: int
-             ) -> dict[str, float]:
+def _summary(
+    totals: list[list[float]], waits: list[list[float]], batch_size: int
+) -> dict[str, float]:
     """Median images/s and data share over repeats (each repeat: its median step)."""
     per_repeat = [batch_size / statistics.median(run) for run in totals]
     shares = [sum(w) / sum(t) for t, w in zip(totals, waits, strict=True)]
@@ -280,8 +338,11 @@ def main() -> None:
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
     data_dir = args.data or generate_dataset(
-        Path(tempfile.mkdtemp(prefix="bench_train_")) / "chips", args.chips, seed=SEED,
-        min_size=args.min_chip, max_size=args.max_chip,
+        Path(tempfile.mkdtemp(prefix="bench_train_")) / "chips",
+        args.chips,
+        seed=SEED,
+        min_size=args.min_chip,
+        max_size=args.max_chip,
     )
     torch.set_num_threads(args.threads)
     if args.peak_memory_child:
@@ -292,60 +353,94 @@ def main() -> None:
     if not args.no_peak_memory and args.chips < 48 and args.data is None:
         sys.exit("--chips must be at least 48 for the batch-32 memory runs (or --no-peak-memory)")
     train_records = split_records(scan_dataset(data_dir), SEED)["train"]
-    print(f"{len(train_records)} training chips {args.min_chip}-{args.max_chip} px, device "
-          f"{select_device(args.accelerator, precision).description}, "
-          f"{len(os.sched_getaffinity(0))} usable cores, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"{len(train_records)} training chips {args.min_chip}-{args.max_chip} px, device "
+        f"{select_device(args.accelerator, precision).description}, "
+        f"{len(os.sched_getaffinity(0))} usable cores, load {os.getloadavg()[0]:.1f}"
+    )
     rows = []
     for image_size in args.image_sizes:
         for batch_size in args.batch_sizes:
             runners: dict[str, Any] = {
-                "reference": ReferenceRunner(train_records, image_size, batch_size, device)}
+                "reference": ReferenceRunner(train_records, image_size, batch_size, device)
+            }
             places = ["workers", "device"] if args.augment_on == "both" else [args.augment_on]
             for place in places:
                 name = f"package/{place}" if len(places) > 1 else "package"
-                runners[name] = PackageRunner(data_dir, image_size, batch_size,
-                                              args.accelerator, precision, place)
+                runners[name] = PackageRunner(
+                    data_dir, image_size, batch_size, args.accelerator, precision, place
+                )
             if args.compile:
-                runners["compiled"] = PackageRunner(data_dir, image_size, batch_size,
-                                                    args.accelerator, precision, places[0],
-                                                    compile_model=True)
+                runners["compiled"] = PackageRunner(
+                    data_dir,
+                    image_size,
+                    batch_size,
+                    args.accelerator,
+                    precision,
+                    places[0],
+                    compile_model=True,
+                )
             runners["reference"].run(args.warmup)
             totals: dict[str, list[list[float]]] = {name: [] for name in runners}
             waits: dict[str, list[list[float]]] = {name: [] for name in runners}
             for _ in range(args.repeats):
                 for name, runner in runners.items():
                     step_s, wait_s = runner.run(args.warmup + args.steps)
-                    totals[name].append(step_s[args.warmup:] or step_s)
-                    waits[name].append(wait_s[args.warmup:] or wait_s)
+                    totals[name].append(step_s[args.warmup :] or step_s)
+                    waits[name].append(wait_s[args.warmup :] or wait_s)
             summary = {name: _summary(totals[name], waits[name], batch_size) for name in runners}
             reference = summary["reference"]["images_per_s"]
-            row = {"image_size": image_size, "batch_size": batch_size, **{
-                name: {**values, "ratio": values["images_per_s"] / reference}
-                for name, values in summary.items()}}
+            row = {
+                "image_size": image_size,
+                "batch_size": batch_size,
+                **{
+                    name: {**values, "ratio": values["images_per_s"] / reference}
+                    for name, values in summary.items()
+                },
+            }
             package = next(name for name in runners if name.startswith("package"))
             row[package]["setup_s"] = runners[package].setup_s
             rows.append(row)
             for name, values in summary.items():
-                print(f"size {image_size:>3} batch {batch_size:>2} {name:<15} "
-                      f"{values['images_per_s']:>7.1f} img/s  "
-                      f"data {100 * values['data_share']:>4.1f}%"
-                      f"  x{values['images_per_s'] / reference:.2f}  "
-                      f"(repeats: {', '.join(f'{v:.1f}' for v in values['images_per_s_all'])})",
-                      flush=True)
-            best = max((n for n in summary if n.startswith("package")),
-                       key=lambda n: summary[n]["images_per_s"])
+                print(
+                    f"size {image_size:>3} batch {batch_size:>2} {name:<15} "
+                    f"{values['images_per_s']:>7.1f} img/s  "
+                    f"data {100 * values['data_share']:>4.1f}%"
+                    f"  x{values['images_per_s'] / reference:.2f}  "
+                    f"(repeats: {', '.join(f'{v:.1f}' for v in values['images_per_s_all'])})",
+                    flush=True,
+                )
+            best = max(
+                (n for n in summary if n.startswith("package")),
+                key=lambda n: summary[n]["images_per_s"],
+            )
             projected_min = 500 * 581 * 0.8 / summary[best]["images_per_s"] / 60
-            print(f"  {best}: decode once {runners[package].setup_s:.1f} s; 500 epochs of "
-                  f"581 chips (80% train) would take {projected_min:.1f} min here", flush=True)
+            print(
+                f"  {best}: decode once {runners[package].setup_s:.1f} s; 500 epochs of "
+                f"581 chips (80% train) would take {projected_min:.1f} min here",
+                flush=True,
+            )
     memory = {}
     if not args.no_peak_memory:
         for variant in ("reference", "package"):
             memory[variant] = _peak_memory(args, data_dir, variant)
-            print(f"peak memory batch 32 / 224 px, {variant}: " + ", ".join(
-                f"{key} {value:.0f}" for key, value in memory[variant].items()), flush=True)
+            print(
+                f"peak memory batch 32 / 224 px, {variant}: "
+                + ", ".join(f"{key} {value:.0f}" for key, value in memory[variant].items()),
+                flush=True,
+            )
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "rows": rows, "peak_memory": memory}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "rows": rows,
+                    "peak_memory": memory,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ def make_synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> SyntheticFac
 
     def make(count: int = 24, seed: int = 0, min_size: int = 64, max_size: int = 128) -> Path:
         parent = tmp_path_factory.mktemp(f"synthetic_{count}_{seed}")
-        return generate_dataset(
-            parent / "data", count, seed, min_size=min_size, max_size=max_size
-        )
+        return generate_dataset(parent / "data", count, seed, min_size=min_size, max_size=max_size)
 
     return make
 
@@ -41,11 +39,22 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Pat
     from wakemodel.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("tiny_run")
-    result = train(TrainConfig(
-        data_dir=synthetic_dir, epochs=1, batch_size=8, image_size=32, accelerator="cpu",
-        checkpoint_dir=root / "checkpoints", run_dir=root / "runs", run_name="tiny",
-        pretrained=False, progress_bar=False, workers=0, warmup_epochs=0,
-    ))
+    result = train(
+        TrainConfig(
+            data_dir=synthetic_dir,
+            epochs=1,
+            batch_size=8,
+            image_size=32,
+            accelerator="cpu",
+            checkpoint_dir=root / "checkpoints",
+            run_dir=root / "runs",
+            run_name="tiny",
+            pretrained=False,
+            progress_bar=False,
+            workers=0,
+            warmup_epochs=0,
+        )
+    )
     checkpoint = result.best_checkpoint or result.last_checkpoint
     assert checkpoint is not None and checkpoint.is_file()
     return checkpoint

@@ -19,8 +19,15 @@ from wakemodel.errors import InputError
 SIZE = 48
 TOLERANCE_PX = 2.0
 FLIPS_ONLY = AugmentationSettings(
-    p_flip=1.0, degrees=0.0, translate=0.0, scale=(1.0, 1.0), gamma=(1.0, 1.0),
-    brightness=0.0, contrast=0.0, p_blur=0.0, p_noise=0.0,
+    p_flip=1.0,
+    degrees=0.0,
+    translate=0.0,
+    scale=(1.0, 1.0),
+    gamma=(1.0, 1.0),
+    brightness=0.0,
+    contrast=0.0,
+    p_blur=0.0,
+    p_noise=0.0,
 )
 GEOMETRY_ONLY = AugmentationSettings(
     gamma=(1.0, 1.0), brightness=0.0, contrast=0.0, p_blur=0.0, p_noise=0.0
@@ -194,8 +201,16 @@ def test_default_settings_keep_the_per_sample_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("p_flip", 1.5), ("degrees", -1.0), ("translate", float("nan")), ("scale", (1.2, 0.9)),
-     ("gamma", (0.0, 1.0)), ("brightness", -0.1), ("blur_sigma", (1.0,)), ("noise_sigma", "x")],
+    [
+        ("p_flip", 1.5),
+        ("degrees", -1.0),
+        ("translate", float("nan")),
+        ("scale", (1.2, 0.9)),
+        ("gamma", (0.0, 1.0)),
+        ("brightness", -0.1),
+        ("blur_sigma", (1.0,)),
+        ("noise_sigma", "x"),
+    ],
 )
 def test_settings_reject_bad_values(field: str, value: object) -> None:
     with pytest.raises(InputError, match=f"{field}="):
@@ -357,9 +372,12 @@ def test_batch_geometry_matches_the_per_sample_distribution() -> None:
     visible = torch.tensor([True, True, False])
     per_sample = WakeAugmentation(SIZE, settings)
     torch.manual_seed(14)
-    reference = torch.stack(
-        [per_sample(torch.zeros(1, SIZE, SIZE), points_px, visible)[1] for _ in range(count)]
-    ) / SIZE
+    reference = (
+        torch.stack(
+            [per_sample(torch.zeros(1, SIZE, SIZE), points_px, visible)[1] for _ in range(count)]
+        )
+        / SIZE
+    )
     _, batched, batched_visible = BatchWakeAugmentation(settings)(
         torch.zeros(count, 1, SIZE, SIZE),
         (points_px / SIZE).expand(count, -1, -1),

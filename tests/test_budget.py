@@ -39,8 +39,13 @@ def _fit(data_dir: Path, budget: TimeBudget, clock: FakeClock, max_epochs: int) 
     module = WakeKeypointModule(image_size=32, pretrained=False, warmup_epochs=0.0, lr=1e-3)
     datamodule = WakeDataModule(data_dir, image_size=32, batch_size=8, num_workers=0)
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         callbacks=[OneSecondPerStep(clock), budget],
     )
     trainer.fit(module, datamodule=datamodule)
@@ -108,9 +113,18 @@ def test_train_with_max_time_ends_annealed_on_time(synthetic_dir: Path, tmp_path
     start = time.monotonic()
     result = train(
         TrainConfig(
-            data_dir=synthetic_dir, epochs=1000, batch_size=8, image_size=32, accelerator="cpu",
-            run_dir=tmp_path, pretrained=False, progress_bar=False, workers=0, logger="none",
-            warmup_epochs=0.0, max_time="00:00:00:12",
+            data_dir=synthetic_dir,
+            epochs=1000,
+            batch_size=8,
+            image_size=32,
+            accelerator="cpu",
+            run_dir=tmp_path,
+            pretrained=False,
+            progress_bar=False,
+            workers=0,
+            logger="none",
+            warmup_epochs=0.0,
+            max_time="00:00:00:12",
         ),
         callbacks=[final],
     )

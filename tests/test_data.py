@@ -188,9 +188,7 @@ def test_split_is_deterministic_and_disjoint() -> None:
     }
     assert names == {split: [r.name for r in part] for split, part in again.items()}
     assert names["val"] != [r.name for r in other["val"]]
-    assert set(names["train"]) | set(names["val"]) | set(names["test"]) == {
-        r.name for r in records
-    }
+    assert set(names["train"]) | set(names["val"]) | set(names["test"]) == {r.name for r in records}
     assert not set(names["train"]) & set(names["val"])
     assert not set(names["train"]) & set(names["test"])
     assert not set(names["val"]) & set(names["test"])

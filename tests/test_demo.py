@@ -14,8 +14,19 @@ def test_demo_runs_the_whole_pipeline_on_synthetic_data(tmp_path: Path) -> None:
     out_dir = tmp_path / "demo"
     result = CliRunner().invoke(
         main,
-        ["demo", "--data", str(data_dir), "--out", str(out_dir), "--epochs", "1",
-         "--image-size", "32", "--count", "12"],
+        [
+            "demo",
+            "--data",
+            str(data_dir),
+            "--out",
+            str(out_dir),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--count",
+            "12",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert len(list((data_dir / "imgs").glob("*.png"))) == 12

@@ -69,12 +69,16 @@ class FakeZenodo:
 
     def publish(self, name: str, archive: bytes, checksum: str | None = None) -> None:
         self.routes[f"/files/{name}"] = archive
-        record = {"files": [{
-            "key": name,
-            "size": len(archive),
-            "checksum": checksum or f"md5:{hashlib.md5(archive).hexdigest()}",
-            "links": {"self": f"{self.base}/files/{name}"},
-        }]}
+        record = {
+            "files": [
+                {
+                    "key": name,
+                    "size": len(archive),
+                    "checksum": checksum or f"md5:{hashlib.md5(archive).hexdigest()}",
+                    "links": {"self": f"{self.base}/files/{name}"},
+                }
+            ]
+        }
         self.routes["/api/records/7947694"] = json.dumps(record).encode()
 
     def close(self) -> None:
@@ -89,16 +93,19 @@ def zenodo() -> Iterator[FakeZenodo]:
     server.close()
 
 
-@pytest.mark.parametrize(("name", "archive"), [("ShipWakes.zip", _zip_bytes()),
-                                               ("ShipWakes.tar.gz", _tar_bytes())])
-def test_download_extracts_layout(zenodo: FakeZenodo, tmp_path: Path, name: str,
-                                  archive: bytes) -> None:
+@pytest.mark.parametrize(
+    ("name", "archive"), [("ShipWakes.zip", _zip_bytes()), ("ShipWakes.tar.gz", _tar_bytes())]
+)
+def test_download_extracts_layout(
+    zenodo: FakeZenodo, tmp_path: Path, name: str, archive: bytes
+) -> None:
     zenodo.publish(name, archive)
     dest = tmp_path / "data" / "ShipWakes"
     assert download_dataset(dest, api_url=zenodo.api_url, timeout_s=5, progress=False) == dest
     assert (dest / "imgs" / "a.png").read_bytes() == MEMBERS["ShipWakes/imgs/a.png"]
     assert json.loads((dest / "annotations" / "a.json").read_text())["tooltips"][0] == {
-        "x": 1, "y": 2,
+        "x": 1,
+        "y": 2,
     }
     assert sorted(path.name for path in dest.parent.iterdir()) == ["ShipWakes"]
     # A second call finds the dataset and downloads nothing.
@@ -122,8 +129,9 @@ def test_archive_without_layout_is_an_error(zenodo: FakeZenodo, tmp_path: Path) 
         bundle.writestr("readme.txt", "no images")
     zenodo.publish("other.zip", buffer.getvalue())
     with pytest.raises(WakeModelError, match="imgs/ and annotations/"):
-        download_dataset(tmp_path / "ShipWakes", api_url=zenodo.api_url, timeout_s=5,
-                         progress=False)
+        download_dataset(
+            tmp_path / "ShipWakes", api_url=zenodo.api_url, timeout_s=5, progress=False
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -136,8 +144,9 @@ def _closed_port_url() -> str:
 
 def test_offline_gives_one_line_with_record_url(tmp_path: Path) -> None:
     with pytest.raises(WakeModelError) as caught:
-        download_dataset(tmp_path / "ShipWakes", api_url=_closed_port_url(), timeout_s=2,
-                         progress=False)
+        download_dataset(
+            tmp_path / "ShipWakes", api_url=_closed_port_url(), timeout_s=2, progress=False
+        )
     message = str(caught.value)
     assert RECORD_URL in message and "\n" not in message
     assert list(tmp_path.iterdir()) == []
@@ -161,8 +170,9 @@ def test_cli_download(zenodo: FakeZenodo, tmp_path: Path) -> None:
     assert "Next:" in result.output and (dest / "imgs").is_dir()
 
     zenodo.publish("ShipWakes.zip", _zip_bytes(), checksum="md5:" + "1" * 32)
-    failed = runner.invoke(main, ["download", "--dest", str(tmp_path / "again"),
-                                  "--api-url", zenodo.api_url])
+    failed = runner.invoke(
+        main, ["download", "--dest", str(tmp_path / "again"), "--api-url", zenodo.api_url]
+    )
     assert failed.exit_code == 2
     assert any(line.startswith("Error: Checksum mismatch") for line in failed.output.splitlines())
     assert not (tmp_path / "again").exists()

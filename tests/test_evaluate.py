@@ -77,9 +77,7 @@ def test_known_errors(known_dataset: Path) -> None:
     frac = [_expected(w, h)["vertex_error_frac"] for w, h in CHIP_SIZES]
     assert summary["metrics"]["vertex_error_frac"]["median"] == pytest.approx(np.median(frac))
     assert summary["metrics"]["vertex_error_frac"]["mean"] == pytest.approx(np.mean(frac))
-    assert summary["metrics"]["vertex_error_frac"]["p90"] == pytest.approx(
-        np.percentile(frac, 90)
-    )
+    assert summary["metrics"]["vertex_error_frac"]["p90"] == pytest.approx(np.percentile(frac, 90))
     assert summary["share_vertex_within_threshold"] == pytest.approx(0.25)
     assert summary["share_heading_within_threshold"] == pytest.approx(0.5)
 
@@ -140,15 +138,31 @@ def test_cli_evaluate_json_and_plots(
 ) -> None:
     out = tmp_path / "report.json"
     plots = tmp_path / "plots"
-    result = CliRunner().invoke(main, [
-        "evaluate", str(tiny_checkpoint), str(synthetic_dir), "--json", str(out),
-        "--plots", str(plots), "--accelerator", "cpu", "--batch-size", "4",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(tiny_checkpoint),
+            str(synthetic_dir),
+            "--json",
+            str(out),
+            "--plots",
+            str(plots),
+            "--accelerator",
+            "cpu",
+            "--batch-size",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "published" in result.stdout and "PCK@5%" in result.stdout
     document = json.loads(out.read_text())
     assert set(document["summary"]["metrics"]) == {
-        "vertex_error_px", "vertex_error_m", "vertex_error_frac", "heading_error_deg", "pck",
+        "vertex_error_px",
+        "vertex_error_m",
+        "vertex_error_frac",
+        "heading_error_deg",
+        "pck",
     }
     for name in ("predictions.png", "errors.png"):
         with Image.open(plots / name) as png:

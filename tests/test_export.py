@@ -24,9 +24,7 @@ INT8_TOLERANCE_PX = 2.0
 
 
 @pytest.fixture(scope="module")
-def onnx_models(
-    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
+def onnx_models(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("onnx")
     return {
         "fp32": export_onnx(tiny_checkpoint, folder / "model.onnx"),
@@ -40,12 +38,19 @@ def torch_keypoints_px(tiny_checkpoint: Path, synthetic_dir: Path) -> np.ndarray
     return np.stack([p.keypoints_px for p in predictions])
 
 
-@pytest.mark.parametrize(("precision", "tolerance_px"), [
-    ("fp32", FP32_TOLERANCE_PX), ("int8", INT8_TOLERANCE_PX),
-])
+@pytest.mark.parametrize(
+    ("precision", "tolerance_px"),
+    [
+        ("fp32", FP32_TOLERANCE_PX),
+        ("int8", INT8_TOLERANCE_PX),
+    ],
+)
 def test_onnx_reproduces_torch_keypoints_in_original_pixels(
-    onnx_models: dict[str, Path], torch_keypoints_px: np.ndarray, synthetic_dir: Path,
-    precision: str, tolerance_px: float,
+    onnx_models: dict[str, Path],
+    torch_keypoints_px: np.ndarray,
+    synthetic_dir: Path,
+    precision: str,
+    tolerance_px: float,
 ) -> None:
     predictions = predict(onnx_models[precision], find_images([synthetic_dir / "imgs"]))
     onnx_keypoints_px = np.stack([p.keypoints_px for p in predictions])
@@ -61,8 +66,7 @@ def test_dynamic_batch_and_metadata(onnx_models: dict[str, Path], tiny_checkpoin
     assert predictor.metadata[METADATA_KEYS["precision"]] == "fp32"
     assert float(predictor.metadata[METADATA_KEYS["input_scale"]]) == pytest.approx(1 / 255)
     assert "0.449" in predictor.metadata[METADATA_KEYS["normalization"]]
-    assert OnnxKeypointPredictor(onnx_models["int8"]).metadata[
-        METADATA_KEYS["precision"]] == "int8"
+    assert OnnxKeypointPredictor(onnx_models["int8"]).metadata[METADATA_KEYS["precision"]] == "int8"
     images = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
     for batch in (1, 3):
         keypoints, visibility = predictor(images[:batch])
@@ -79,8 +83,9 @@ def test_int8_file_is_smaller(onnx_models: dict[str, Path]) -> None:
 
 
 def _infer_json(model: Path, image: Path) -> dict[str, Any]:
-    result = CliRunner().invoke(main, ["infer", str(model), str(image), "--json", "-",
-                                       "--accelerator", "cpu"])
+    result = CliRunner().invoke(
+        main, ["infer", str(model), str(image), "--json", "-", "--accelerator", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -139,8 +144,9 @@ def _single_error_line(result: Any) -> str:
 
 def test_cli_export_writes_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "sub" / "exported.onnx"
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--format", "onnx",
-                                       "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["export", str(tiny_checkpoint), "--format", "onnx", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "Saved" in result.output and out.is_file()
     assert list(out.parent.iterdir()) == [out]
@@ -148,12 +154,16 @@ def test_cli_export_writes_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
 
 def test_cli_export_errors(tmp_path: Path, tiny_checkpoint: Path) -> None:
     runner = CliRunner()
-    missing = _single_error_line(runner.invoke(
-        main, ["export", str(tmp_path / "absent.ckpt"), "--out", str(tmp_path / "m.onnx")]))
+    missing = _single_error_line(
+        runner.invoke(
+            main, ["export", str(tmp_path / "absent.ckpt"), "--out", str(tmp_path / "m.onnx")]
+        )
+    )
     assert "absent.ckpt" in missing
     assert not (tmp_path / "m.onnx").exists()
-    suffix = _single_error_line(runner.invoke(
-        main, ["export", str(tiny_checkpoint), "--out", str(tmp_path / "m.txt")]))
+    suffix = _single_error_line(
+        runner.invoke(main, ["export", str(tiny_checkpoint), "--out", str(tmp_path / "m.txt")])
+    )
     assert "m.txt" in suffix and ".onnx" in suffix
 
 
@@ -182,4 +192,6 @@ def test_onnx_predictor_metadata_and_contract(onnx_models: dict[str, Path]) -> N
     assert predictor.metadata[METADATA_KEYS["precision"]] == "int8"
     assert export.OnnxKeypointPredictor is predictors.OnnxPredictor
     assert (export.INPUT_NAME, export.OUTPUT_NAMES) == (
-        predictors.INPUT_NAME, predictors.OUTPUT_NAMES)
+        predictors.INPUT_NAME,
+        predictors.OUTPUT_NAMES,
+    )

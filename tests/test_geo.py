@@ -52,8 +52,9 @@ def test_identical_points_are_exactly_zero():
 def test_antipodal_and_near_antipodal_are_stable():
     half_circumference = math.pi * EARTH_RADIUS_KM
     antipodes = haversine_vectorized(0.0, 0.0, [0.0, 90.0, 0.0], [180.0, 0.0, -180.0])
-    np.testing.assert_allclose(antipodes, [half_circumference, half_circumference / 2,
-                                           half_circumference], rtol=1e-14)
+    np.testing.assert_allclose(
+        antipodes, [half_circumference, half_circumference / 2, half_circumference], rtol=1e-14
+    )
     assert haversine_vectorized(30.0, 40.0, [-30.0], [-140.0])[0] == pytest.approx(
         half_circumference, rel=1e-14
     )
@@ -87,8 +88,12 @@ def test_broadcast_shapes_match_per_vessel_calls():
     assert pairs.shape == (5,)
     np.testing.assert_array_equal(pairs, matrix[np.arange(5), np.arange(5)])
     assert haversine_vectorized(1.0, 2.0, 3.0, 4.0).shape == ()
-    grid = haversine_vectorized(vessel_lats[:, None, None], vessel_lons[:, None, None],
-                                lats.reshape(1, 7), lons.reshape(1, 7))
+    grid = haversine_vectorized(
+        vessel_lats[:, None, None],
+        vessel_lons[:, None, None],
+        lats.reshape(1, 7),
+        lons.reshape(1, 7),
+    )
     assert grid.shape == (5, 1, 7)
 
 
@@ -137,7 +142,8 @@ def test_longitudes_of_any_range_are_normalised():
     np.testing.assert_allclose(
         haversine_vectorized(5.0, 725.0, lats, shifted),
         haversine_vectorized(5.0, 5.0, lats, lons),
-        rtol=0, atol=1e-9,
+        rtol=0,
+        atol=1e-9,
     )
     index = PlatformIndex(lats, shifted)
     assert index.lons.min() >= -180.0 and index.lons.max() < 180.0
@@ -178,8 +184,13 @@ def test_nan_in_gives_nan_out():
     ],
 )
 def test_invalid_input_raises_naming_the_argument(kwargs, name):
-    arguments = {"vessel_lat": 0.0, "vessel_lon": 0.0, "platform_lats": [1.0, 2.0],
-                 "platform_lons": [1.0, 2.0], **kwargs}
+    arguments = {
+        "vessel_lat": 0.0,
+        "vessel_lon": 0.0,
+        "platform_lats": [1.0, 2.0],
+        "platform_lons": [1.0, 2.0],
+        **kwargs,
+    }
     with pytest.raises(InputError, match=name) as caught:
         haversine_vectorized(**arguments)
     assert isinstance(caught.value, ValueError)
@@ -258,10 +269,12 @@ def test_destination_round_trip_and_geod_sphere():
     bearings = rng.uniform(0.0, 360.0, 200)
     distances = rng.uniform(0.1, 15000.0, 200)
     end_lats, end_lons = destination_point(lats, lons, bearings, distances)
-    np.testing.assert_allclose(haversine_vectorized(lats, lons, end_lats, end_lons), distances,
-                               rtol=1e-9)
-    np.testing.assert_allclose(initial_bearing_deg(lats, lons, end_lats, end_lons), bearings,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        haversine_vectorized(lats, lons, end_lats, end_lons), distances, rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        initial_bearing_deg(lats, lons, end_lats, end_lons), bearings, atol=1e-6
+    )
     pyproj = pytest.importorskip("pyproj")
     sphere = pyproj.Geod(a=EARTH_RADIUS_KM * 1000.0, b=EARTH_RADIUS_KM * 1000.0)
     ref_lons, ref_lats, _ = sphere.fwd(lons, lats, bearings, distances * 1000.0)
@@ -294,8 +307,10 @@ def test_read_points_csv_keeps_names_and_ids(tmp_path) -> None:
     from wakemodel.geo import read_points_csv
 
     path = tmp_path / "points.csv"
-    path.write_text("MMSI,Name,Latitude,Longitude\n244123456,Alpha,55.0,4.0\n"
-                    "244999999,,55.5,364.5\n,,56.0,5.0\n")
+    path.write_text(
+        "MMSI,Name,Latitude,Longitude\n244123456,Alpha,55.0,4.0\n"
+        "244999999,,55.5,364.5\n,,56.0,5.0\n"
+    )
     points = read_points_csv(path)
     np.testing.assert_allclose(points.lats, [55.0, 55.5, 56.0])
     np.testing.assert_allclose(points.lons, [4.0, 4.5, 5.0])

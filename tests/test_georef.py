@@ -38,8 +38,17 @@ def _utm_transform(lon: float, lat: float, epsg: int = 32631, pixel_m: float = 1
 
 def _write_geotiff(path: Path, transform: Affine, crs: str = "EPSG:32631") -> Path:
     pixels = np.arange(WIDTH * HEIGHT, dtype=np.uint8).reshape(HEIGHT, WIDTH)
-    with rasterio.open(path, "w", driver="GTiff", width=WIDTH, height=HEIGHT, count=1,
-                       dtype="uint8", crs=crs, transform=transform) as dataset:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=WIDTH,
+        height=HEIGHT,
+        count=1,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+    ) as dataset:
         dataset.write(pixels, 1)
     return path
 
@@ -91,8 +100,9 @@ def test_png_with_world_file_and_crs_matches_geotiff(tmp_path: Path, world_suffi
     _assert_round_trip(georef)
     reference = GeoReference.from_path(_write_geotiff(tmp_path / "chip.tif", transform))
     x, y = _random_pixels(1)
-    np.testing.assert_allclose(georef.pixel_to_lonlat(x, y), reference.pixel_to_lonlat(x, y),
-                               rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        georef.pixel_to_lonlat(x, y), reference.pixel_to_lonlat(x, y), rtol=0, atol=1e-9
+    )
 
 
 def test_png_with_prj_and_world_file_centre_convention(tmp_path: Path) -> None:
@@ -113,9 +123,11 @@ def test_true_bearing_corrects_grid_convergence(tmp_path: Path, lon: float) -> N
     georef = GeoReference.from_path(_write_geotiff(tmp_path / "c.tif", _utm_transform(lon, 56.0)))
     x, y = 20.0, 15.0
     vertex_lon, vertex_lat = georef.pixel_to_lonlat(x, y)
-    convergence = pyproj.Proj("EPSG:32631").get_factors(
-        float(vertex_lon), float(vertex_lat)
-    ).meridian_convergence
+    convergence = (
+        pyproj.Proj("EPSG:32631")
+        .get_factors(float(vertex_lon), float(vertex_lat))
+        .meridian_convergence
+    )
     assert abs(convergence) == pytest.approx(1.5 * math.sin(math.radians(56.0)), abs=0.02)
     assert math.copysign(1.0, convergence) == math.copysign(1.0, lon - 3.0)
     grid = np.array([0.0, 45.0, 90.0, 200.0, 359.5])
@@ -132,8 +144,9 @@ def test_south_up_transform_is_handled(tmp_path: Path) -> None:
     upright = GeoReference(north_up, pyproj.CRS.from_epsg(32631), WIDTH, HEIGHT)
     assert float(rotated.grid_bearing_deg(10.0, 10.0, 0.0)) == pytest.approx(180.0)
     expected = upright.true_bearing_deg(WIDTH - 10.0, HEIGHT - 10.0, 180.0)
-    assert float(rotated.true_bearing_deg(10.0, 10.0, 0.0)) == pytest.approx(float(expected),
-                                                                             abs=1e-6)
+    assert float(rotated.true_bearing_deg(10.0, 10.0, 0.0)) == pytest.approx(
+        float(expected), abs=1e-6
+    )
 
 
 def test_geolocate_vessel_heading_length(tmp_path: Path) -> None:
@@ -174,10 +187,15 @@ def test_cpa_on_hand_made_geometry() -> None:
     georef = _equator_chip()
     keypoints = np.array([[100.0, 100.0], [50.0, 100.0], [0.0, 0.0]])
     visible = np.array([True, True, False])
-    platforms = make_platforms([1.0, 0.5, 30.0], [2.0, -1.0, 30.0],
-                               names=["Ahead", "Behind", "Far"], ids=["A1", "B2", "F3"])
-    location = geolocate(georef, keypoints, visible, platforms=platforms, nearest_count=2,
-                         within_km=150.0)
+    platforms = make_platforms(
+        [1.0, 0.5, 30.0],
+        [2.0, -1.0, 30.0],
+        names=["Ahead", "Behind", "Far"],
+        ids=["A1", "B2", "F3"],
+    )
+    location = geolocate(
+        georef, keypoints, visible, platforms=platforms, nearest_count=2, within_km=150.0
+    )
     assert location.heading_true_deg == pytest.approx(90.0, abs=1e-6)
     degree_km = geo.EARTH_RADIUS_KM * math.pi / 180.0
     behind, ahead = location.nearest_platforms
@@ -185,8 +203,11 @@ def test_cpa_on_hand_made_geometry() -> None:
     assert behind.distance_km < ahead.distance_km
     assert ahead.cpa_km == pytest.approx(degree_km, rel=1e-6)  # ~111.2 km
     assert ahead.cpa_along_track_km == pytest.approx(2.0 * degree_km, rel=1e-6)
-    expected_bearing = math.degrees(math.atan2(math.sin(math.radians(2.0)) * math.cos(
-        math.radians(1.0)), math.sin(math.radians(1.0))))
+    expected_bearing = math.degrees(
+        math.atan2(
+            math.sin(math.radians(2.0)) * math.cos(math.radians(1.0)), math.sin(math.radians(1.0))
+        )
+    )
     assert ahead.bearing_deg == pytest.approx(expected_bearing, abs=1e-6)
     assert ahead.heading_to_platform_deg == pytest.approx(90.0 - expected_bearing, abs=1e-6)
     # Behind the beam: already past the CPA, which is the current distance.
@@ -243,9 +264,16 @@ def _prediction(source: str | None, keypoints: np.ndarray) -> Any:
 
     visible = np.array([True, True, True])
     return Prediction(
-        source=source, width=WIDTH, height=HEIGHT, keypoints_px=keypoints, visible=visible,
-        visibility=np.array([0.9, 0.8, 0.7]), heading_deg=90.0, wake_length_px=30.0,
-        wake_length_m=300.0, gsd_m=10.0,
+        source=source,
+        width=WIDTH,
+        height=HEIGHT,
+        keypoints_px=keypoints,
+        visible=visible,
+        visibility=np.array([0.9, 0.8, 0.7]),
+        heading_deg=90.0,
+        wake_length_px=30.0,
+        wake_length_m=300.0,
+        gsd_m=10.0,
     )
 
 
@@ -259,9 +287,14 @@ def test_geolocate_predictions_and_map_plot(tmp_path: Path) -> None:
     lon, lat = GeoReference.from_path(tif).pixel_to_lonlat([20.0, 46.0], [5.0, 35.0])
     platforms = make_platforms(lat, lon + np.array([0.0, 0.5]), names=["OnChip", "East"])
     located, plain, array = geolocate_predictions(
-        [_prediction(str(tif), keypoints), _prediction(str(png), keypoints),
-         _prediction(None, keypoints)],
-        platforms=platforms, nearest_count=2, within_km=1.0,
+        [
+            _prediction(str(tif), keypoints),
+            _prediction(str(png), keypoints),
+            _prediction(None, keypoints),
+        ],
+        platforms=platforms,
+        nearest_count=2,
+        within_km=1.0,
     )
     assert located.geo is not None and located.geo_note is None
     assert located.wake_length_m == pytest.approx(located.geo.wake_length_m)
@@ -287,8 +320,9 @@ def test_image_bearing_inverts_true_bearing(tmp_path: Path) -> None:
     image_bearings = np.array([0.0, 33.0, 181.0, 300.0])
     true = georef.true_bearing_deg(12.0, 30.0, image_bearings)
     assert float(georef.grid_bearing_deg(12.0, 30.0, 0.0)) == pytest.approx(25.0)
-    np.testing.assert_allclose(georef.image_bearing_deg(12.0, 30.0, true), image_bearings,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        georef.image_bearing_deg(12.0, 30.0, true), image_bearings, atol=1e-3
+    )
 
 
 def test_north_sea_geotiff_is_utm_10m_offshore(tmp_path: Path) -> None:
@@ -322,10 +356,23 @@ def test_cli_infer_geotiff_with_platforms(tiny_checkpoint: Path, tmp_path: Path)
     csv_path = tmp_path / "platforms.csv"
     csv_path.write_text("name,id,lat,lon\nAlpha,A-1,56.01,4.52\nBravo,B-2,55.5,4.0\n")
     runner = CliRunner()
-    result = runner.invoke(main, [
-        "infer", str(tiny_checkpoint), str(chip), str(plain), "--platforms", str(csv_path),
-        "--within-km", "5", "--json", "-", "--accelerator", "cpu",
-    ])
+    result = runner.invoke(
+        main,
+        [
+            "infer",
+            str(tiny_checkpoint),
+            str(chip),
+            str(plain),
+            "--platforms",
+            str(csv_path),
+            "--within-km",
+            "5",
+            "--json",
+            "-",
+            "--accelerator",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     located, unlocated = json.loads(result.stdout)["predictions"]
     geo_fields = located["geo"]
@@ -334,19 +381,26 @@ def test_cli_infer_geotiff_with_platforms(tiny_checkpoint: Path, tmp_path: Path)
     assert geo_fields["nearest_platforms"][0]["name"] == "Alpha"
     assert geo_fields["nearest_platforms"][0]["id"] == "A-1"
     assert geo_fields["within_km"] is True
-    for key in ("heading_true_deg", "wake_length_m", "cpa_km", "cpa_along_track_km",
-                "heading_to_platform_deg", "far_ends", "vessel_lon"):
+    for key in (
+        "heading_true_deg",
+        "wake_length_m",
+        "cpa_km",
+        "cpa_along_track_km",
+        "heading_to_platform_deg",
+        "far_ends",
+        "vessel_lon",
+    ):
         assert key in geo_fields
     assert located["wake_length_m"] == geo_fields["wake_length_m"]
     assert "geo" not in unlocated
     notes = [line for line in result.stderr.splitlines() if line.startswith("No geo fields")]
     assert len(notes) == 1 and "plain.png" in notes[0]
-    table = runner.invoke(main, ["infer", str(tiny_checkpoint), str(plain),
-                                 "--accelerator", "cpu"])
+    table = runner.invoke(main, ["infer", str(tiny_checkpoint), str(plain), "--accelerator", "cpu"])
     assert table.exit_code == 0, table.output
     assert table.stderr.count("\n") == 1 and "no image is georeferenced" in table.stderr
-    needs_platforms = runner.invoke(main, ["infer", str(tiny_checkpoint), str(chip),
-                                           "--within-km", "5"])
+    needs_platforms = runner.invoke(
+        main, ["infer", str(tiny_checkpoint), str(chip), "--within-km", "5"]
+    )
     assert needs_platforms.exit_code == 2 and "--platforms" in needs_platforms.stderr
 
 
@@ -360,9 +414,24 @@ def test_synthetic_geotiff_dataset_matches_png_dataset(tmp_path: Path) -> None:
 
     options = {"min_size": 40, "max_size": 64}
     pngs = generate_dataset(tmp_path / "png", 3, 7, **options)
-    result = CliRunner().invoke(main, ["synth", str(tmp_path / "tif"), "--count", "3",
-                                       "--seed", "7", "--min-size", "40", "--max-size", "64",
-                                       "--workers", "1", "--geotiff"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "synth",
+            str(tmp_path / "tif"),
+            "--count",
+            "3",
+            "--seed",
+            "7",
+            "--min-size",
+            "40",
+            "--max-size",
+            "64",
+            "--workers",
+            "1",
+            "--geotiff",
+        ],
+    )
     assert result.exit_code == 0, result.output
     tifs = tmp_path / "tif"
     again = generate_dataset(tmp_path / "again", 3, 7, geotiff=True, **options)
@@ -370,8 +439,9 @@ def test_synthetic_geotiff_dataset_matches_png_dataset(tmp_path: Path) -> None:
     assert [record.image_path.suffix for record in records] == [".tif"] * 3
     for record, png_record in zip(records, scan_dataset(pngs), strict=True):
         np.testing.assert_array_equal(record.keypoints_px, png_record.keypoints_px)
-        np.testing.assert_array_equal(read_image(record.image_path),
-                                      read_image(png_record.image_path))
+        np.testing.assert_array_equal(
+            read_image(record.image_path), read_image(png_record.image_path)
+        )
         assert (again / "imgs" / record.image_path.name).read_bytes() == (
             record.image_path.read_bytes()
         )

@@ -93,8 +93,9 @@ def test_load_model_reads_image_size_from_checkpoint(tiny_checkpoint: Path) -> N
     predictor = load_model(tiny_checkpoint, accelerator="cpu")
     stored = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     assert predictor.image_size == stored["hyper_parameters"]["image_size"]
-    keypoints, visibility = predictor(np.zeros((2, 1, predictor.image_size,
-                                                predictor.image_size), np.float32))
+    keypoints, visibility = predictor(
+        np.zeros((2, 1, predictor.image_size, predictor.image_size), np.float32)
+    )
     assert np.asarray(keypoints).shape == (2, 3, 2)
     assert np.asarray(visibility).shape == (2, 3)
 
@@ -140,7 +141,8 @@ def test_real_model_keypoints_scale_with_chip_size(
     np.testing.assert_allclose(large.keypoints_norm, small.keypoints_norm, atol=0.02)
     np.testing.assert_allclose(
         large.keypoints_px / [large.width, large.height],
-        small.keypoints_px / [small.width, small.height], atol=0.02,
+        small.keypoints_px / [small.width, small.height],
+        atol=0.02,
     )
 
 
@@ -157,8 +159,14 @@ def test_to_dict_schema_is_json_ready() -> None:
     (prediction,) = predict(FixedPredictor(), [np.ones((30, 40))], gsd_m=20.0)
     document = json.loads(json.dumps(prediction.to_dict()))
     assert set(document) == {
-        "source", "width", "height", "keypoints", "heading_deg", "wake_length_px",
-        "wake_length_m", "gsd_m",
+        "source",
+        "width",
+        "height",
+        "keypoints",
+        "heading_deg",
+        "wake_length_px",
+        "wake_length_m",
+        "gsd_m",
     }
     assert [k["name"] for k in document["keypoints"]] == list(KEYPOINT_NAMES)
     assert [k["visible"] for k in document["keypoints"]] == [True, True, False]
@@ -256,8 +264,9 @@ def test_cli_text_file_as_model(tmp_path: Path, synthetic_dir: Path) -> None:
 def test_cli_unreadable_single_image(tiny_checkpoint: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    line = _single_error_line(_run(["infer", str(tiny_checkpoint), str(bad),
-                                    "--accelerator", "cpu"]))
+    line = _single_error_line(
+        _run(["infer", str(tiny_checkpoint), str(bad), "--accelerator", "cpu"])
+    )
     assert "bad.png" in line
 
 
@@ -268,8 +277,19 @@ def test_cli_skips_unreadable_among_several(
     bad.write_text("not an image")
     good = find_images([synthetic_dir / "imgs"])[:2]
     out = tmp_path / "out.json"
-    result = _run(["infer", str(tiny_checkpoint), str(good[0]), str(bad), str(good[1]),
-                   "--json", str(out), "--accelerator", "cpu"])
+    result = _run(
+        [
+            "infer",
+            str(tiny_checkpoint),
+            str(good[0]),
+            str(bad),
+            str(good[1]),
+            "--json",
+            str(out),
+            "--accelerator",
+            "cpu",
+        ]
+    )
     assert result.exit_code == 0, result.output
     skipped = [line for line in result.stderr.splitlines() if line.startswith("Skipping")]
     assert len(skipped) == 1 and "bad.png" in skipped[0]
@@ -283,9 +303,24 @@ def test_cli_json_stdout_and_plots(
 ) -> None:
     images = find_images([synthetic_dir / "imgs"])[:2]
     plot_dir = tmp_path / "plots"
-    result = _run(["infer", str(tiny_checkpoint), *map(str, images), "--json", "-", "--tta",
-                   "--gsd", "20", "--plot", str(plot_dir), "--accelerator", "cpu",
-                   "--batch-size", "1"])
+    result = _run(
+        [
+            "infer",
+            str(tiny_checkpoint),
+            *map(str, images),
+            "--json",
+            "-",
+            "--tta",
+            "--gsd",
+            "20",
+            "--plot",
+            str(plot_dir),
+            "--accelerator",
+            "cpu",
+            "--batch-size",
+            "1",
+        ]
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["tta"] is True and len(document["predictions"]) == 2
@@ -299,8 +334,9 @@ def test_cli_json_stdout_and_plots(
 def test_cli_single_plot_file(tiny_checkpoint: Path, synthetic_dir: Path, tmp_path: Path) -> None:
     image = find_images([synthetic_dir / "imgs"])[0]
     target = tmp_path / "one.png"
-    result = _run(["infer", str(tiny_checkpoint), str(image), "--plot", str(target),
-                   "--accelerator", "cpu"])
+    result = _run(
+        ["infer", str(tiny_checkpoint), str(image), "--plot", str(target), "--accelerator", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     assert target.stat().st_size > 0
 
@@ -309,23 +345,29 @@ def test_cli_plot_file_with_several_images_is_an_error(
     tiny_checkpoint: Path, synthetic_dir: Path, tmp_path: Path
 ) -> None:
     images = find_images([synthetic_dir / "imgs"])[:2]
-    line = _single_error_line(_run(["infer", str(tiny_checkpoint), *map(str, images),
-                                    "--plot", str(tmp_path / "x.png")]))
+    line = _single_error_line(
+        _run(["infer", str(tiny_checkpoint), *map(str, images), "--plot", str(tmp_path / "x.png")])
+    )
     assert "--plot" in line
 
 
 def test_prediction_dataclass_keypoints_norm() -> None:
     prediction = Prediction(
-        source=None, width=200, height=100, keypoints_px=np.array([[100.0, 50.0]] * 3),
-        visible=np.array([True, True, False]), visibility=np.array([1.0, 1.0, 0.0]),
-        heading_deg=0.0, wake_length_px=0.0, wake_length_m=0.0, gsd_m=10.0,
+        source=None,
+        width=200,
+        height=100,
+        keypoints_px=np.array([[100.0, 50.0]] * 3),
+        visible=np.array([True, True, False]),
+        visibility=np.array([1.0, 1.0, 0.0]),
+        heading_deg=0.0,
+        wake_length_px=0.0,
+        wake_length_m=0.0,
+        gsd_m=10.0,
     )
     np.testing.assert_allclose(prediction.keypoints_norm, [[0.5, 0.5]] * 3)
 
 
-def test_run_from_python_equals_cli_output(
-    tiny_checkpoint: Path, synthetic_dir: Path
-) -> None:
+def test_run_from_python_equals_cli_output(tiny_checkpoint: Path, synthetic_dir: Path) -> None:
     from wakemodel.infer import run
 
     images = find_images([synthetic_dir / "imgs"])[:2]
@@ -347,10 +389,10 @@ def test_run_on_arrays_notes_and_plots(tmp_path: Path) -> None:
     report = run(FixedPredictor(), chips, gsd_m=20.0)
     assert report.model == "FixedPredictor" and report.tta is False
     assert [p.geo_note for p in report.predictions] == [
-        "an in-memory array has no georeferencing."] * 2
+        "an in-memory array has no georeferencing."
+    ] * 2
     assert report.notes == [
-        "No geo fields: no image is georeferenced (e.g. an in-memory array has no "
-        "georeferencing.)"
+        "No geo fields: no image is georeferenced (e.g. an in-memory array has no georeferencing.)"
     ]
     assert report.to_dict()["predictions"][0]["gsd_m"] == 20.0
     assert report.format_table().count("<array>") == 2
@@ -387,8 +429,9 @@ def test_plain_png_inference_imports_no_geo_or_torch(tmp_path: Path) -> None:
         "print(report.notes[0])\n"
         "print('pyproj' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     first_note, modules, second_note, pyproj_loaded = result.stdout.strip().splitlines()
     assert "no image is georeferenced" in first_note and "chip.pgw" in first_note
     assert modules == "[]"

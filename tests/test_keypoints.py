@@ -30,15 +30,17 @@ def test_constants() -> None:
 def test_match_arm_order_numpy_equals_torch(seed: int) -> None:
     pred, target, visible = _random_batch(seed)
     order_np = kp.match_arm_order(pred, target, visible)
-    order_t = kp.match_arm_order(torch.from_numpy(pred), torch.from_numpy(target),
-                                 torch.from_numpy(visible))
+    order_t = kp.match_arm_order(
+        torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(visible)
+    )
     assert isinstance(order_np, np.ndarray) and isinstance(order_t, torch.Tensor)
     np.testing.assert_array_equal(order_np, order_t.numpy())
     assert {tuple(row) for row in order_np} == {(0, 1, 2), (0, 2, 1)}
     # The loss's L1 matcher (no logits, beta 0) is the same rule.
     np.testing.assert_array_equal(
-        losses.match_arm_order(torch.from_numpy(pred), torch.from_numpy(target),
-                               torch.from_numpy(visible)).numpy(),
+        losses.match_arm_order(
+            torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(visible)
+        ).numpy(),
         order_np,
     )
 
@@ -48,11 +50,11 @@ def test_match_arm_order_swaps_and_ties_keep_identity() -> None:
     pred = target.copy()
     pred[1, 1:] = pred[1, [2, 1]]
     visible = np.ones((2, 3), bool)
-    np.testing.assert_array_equal(kp.match_arm_order(pred, target, visible),
-                                  [[0, 1, 2], [0, 2, 1]])
+    np.testing.assert_array_equal(kp.match_arm_order(pred, target, visible), [[0, 1, 2], [0, 2, 1]])
     same_ends = np.array([[[5.0, 5.0], [1.0, 1.0], [1.0, 1.0]]])
-    np.testing.assert_array_equal(kp.match_arm_order(same_ends, same_ends, visible[:1]),
-                                  [[0, 1, 2]])
+    np.testing.assert_array_equal(
+        kp.match_arm_order(same_ends, same_ends, visible[:1]), [[0, 1, 2]]
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -60,10 +62,13 @@ def test_permute_slots_numpy_equals_torch(seed: int) -> None:
     pred, target, visible = _random_batch(seed)
     order = kp.match_arm_order(pred, target, visible)
     order_t = torch.from_numpy(order)
-    np.testing.assert_array_equal(kp.permute_slots(target, order),
-                                  kp.permute_slots(torch.from_numpy(target), order_t).numpy())
-    np.testing.assert_array_equal(kp.permute_slots(visible, order),
-                                  kp.permute_slots(torch.from_numpy(visible), order_t).numpy())
+    np.testing.assert_array_equal(
+        kp.permute_slots(target, order), kp.permute_slots(torch.from_numpy(target), order_t).numpy()
+    )
+    np.testing.assert_array_equal(
+        kp.permute_slots(visible, order),
+        kp.permute_slots(torch.from_numpy(visible), order_t).numpy(),
+    )
     swapped = np.array([[0, 2, 1]])
     np.testing.assert_array_equal(kp.permute_slots(np.array([[7, 8, 9]]), swapped), [[7, 9, 8]])
 
@@ -73,15 +78,20 @@ def test_geometry_numpy_equals_torch(seed: int) -> None:
     pred, _, visible = _random_batch(seed)
     pred_t, visible_t = torch.from_numpy(pred), torch.from_numpy(visible)
     for function in (kp.heading_deg, kp.wake_length_px, kp.far_end_px):
-        np.testing.assert_allclose(function(pred, visible), function(pred_t, visible_t).numpy(),
-                                   atol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(
+            function(pred, visible), function(pred_t, visible_t).numpy(), atol=1e-9, equal_nan=True
+        )
     probabilities = np.random.default_rng(seed).random((64, 3))
-    np.testing.assert_array_equal(kp.predicted_visibility(probabilities),
-                                  kp.predicted_visibility(torch.from_numpy(probabilities)).numpy())
+    np.testing.assert_array_equal(
+        kp.predicted_visibility(probabilities),
+        kp.predicted_visibility(torch.from_numpy(probabilities)).numpy(),
+    )
     a, b = np.random.default_rng(seed).uniform(-720, 720, (2, 64))
-    np.testing.assert_allclose(kp.angle_difference_deg(a, b),
-                               kp.angle_difference_deg(torch.from_numpy(a),
-                                                       torch.from_numpy(b)).numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        kp.angle_difference_deg(a, b),
+        kp.angle_difference_deg(torch.from_numpy(a), torch.from_numpy(b)).numpy(),
+        atol=1e-9,
+    )
 
 
 def test_heading_far_end_and_angle_rules() -> None:
@@ -107,9 +117,11 @@ def test_metrics_keep_their_names_and_accept_numpy() -> None:
     probabilities = rng.random((16, 3)).astype(np.float32)
     size = rng.uniform(50, 300, (16, 2)).astype(np.float32)
     from_numpy = metrics.keypoint_errors(pred, probabilities, target, target_visible, size)
-    from_torch = metrics.keypoint_errors(*map(torch.from_numpy, (
-        pred, probabilities, target, target_visible, size)))
+    from_torch = metrics.keypoint_errors(
+        *map(torch.from_numpy, (pred, probabilities, target, target_visible, size))
+    )
     for key, values in from_numpy.items():
         assert isinstance(values, np.ndarray)
-        np.testing.assert_allclose(values, from_torch[key].numpy(), rtol=1e-5, atol=1e-4,
-                                   equal_nan=True, err_msg=key)
+        np.testing.assert_allclose(
+            values, from_torch[key].numpy(), rtol=1e-5, atol=1e-4, equal_nan=True, err_msg=key
+        )

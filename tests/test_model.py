@@ -172,8 +172,11 @@ def test_module_defaults_are_the_training_defaults() -> None:
     parameters = inspect.signature(WakeKeypointModule).parameters
     config = TrainConfig()
     for module_name, config_name in [
-        ("image_size", "image_size"), ("lr", "lr"), ("weight_decay", "weight_decay"),
-        ("warmup_epochs", "warmup_epochs"), ("max_epochs", "epochs"),
+        ("image_size", "image_size"),
+        ("lr", "lr"),
+        ("weight_decay", "weight_decay"),
+        ("warmup_epochs", "warmup_epochs"),
+        ("max_epochs", "epochs"),
     ]:
         assert parameters[module_name].default == getattr(config, config_name), module_name
     assert parameters["dropout"].default == MODEL_DEFAULTS.dropout
@@ -246,9 +249,14 @@ def test_fast_dev_run_and_checkpoint_round_trip(tmp_path: Path, rgb_weights) -> 
     # Checkpoints written before save_hyperparameters(ignore=...) stored the two as below.
     old_path = tmp_path / "old.ckpt"
     torch.save(
-        {**checkpoint, "hyper_parameters": {
-            **hyper_parameters, "pretrained": False, "weights_path": None,
-        }},
+        {
+            **checkpoint,
+            "hyper_parameters": {
+                **hyper_parameters,
+                "pretrained": False,
+                "weights_path": None,
+            },
+        },
         old_path,
     )
     module.eval()

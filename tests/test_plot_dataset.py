@@ -11,8 +11,9 @@ from wakemodel.plots import plot_dataset_grid
 
 
 @pytest.mark.parametrize(("count", "size"), [(3, (900, 300)), (7, (1500, 600))])
-def test_dataset_grid_size(synthetic_dir: Path, tmp_path: Path, count: int,
-                           size: tuple[int, int]) -> None:
+def test_dataset_grid_size(
+    synthetic_dir: Path, tmp_path: Path, count: int, size: tuple[int, int]
+) -> None:
     out = plot_dataset_grid(synthetic_dir, tmp_path / "figs" / "grid.png", count=count)
     assert out == tmp_path / "figs" / "grid.png"
     with Image.open(out) as image:
@@ -32,8 +33,9 @@ def test_dataset_grid_errors(tmp_path: Path, synthetic_dir: Path) -> None:
 def test_cli_plot_dataset(synthetic_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "grid.png"
-    result = runner.invoke(main, ["plot", "dataset", str(synthetic_dir), "--out", str(out),
-                                  "--count", "2"])
+    result = runner.invoke(
+        main, ["plot", "dataset", str(synthetic_dir), "--out", str(out), "--count", "2"]
+    )
     assert result.exit_code == 0, result.output
     assert f"Saved {out}" in result.output
     assert out.stat().st_size > 1000

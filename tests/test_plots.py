@@ -46,8 +46,9 @@ def metrics_csv(tmp_path: Path) -> Path:
 
 def test_plot_history_from_run_dir(metrics_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "curves.png"
-    result = CliRunner().invoke(main, ["plot", "history", str(metrics_csv.parent.parent),
-                                       "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["plot", "history", str(metrics_csv.parent.parent), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert _png_size(out) == (1200, 300)
 
@@ -63,8 +64,9 @@ def test_plot_history_errors(tmp_path: Path) -> None:
         plot_training_history(tmp_path, tmp_path / "h.png")
     bad = tmp_path / "metrics.csv"
     bad.write_text("a,b\n1,2\n")
-    result = CliRunner().invoke(main, ["plot", "history", str(bad), "--out",
-                                       str(tmp_path / "h.png")])
+    result = CliRunner().invoke(
+        main, ["plot", "history", str(bad), "--out", str(tmp_path / "h.png")]
+    )
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ") and "epoch" in result.stderr
     assert not (tmp_path / "h.png").exists()
@@ -72,7 +74,8 @@ def test_plot_history_errors(tmp_path: Path) -> None:
 
 def test_plot_errors_function(tmp_path: Path) -> None:
     out = plot_error_distributions(
-        np.array([0.05, 0.2, np.nan, 0.08]), np.array([3.0, 12.0, 40.0, np.nan]),
+        np.array([0.05, 0.2, np.nan, 0.08]),
+        np.array([3.0, 12.0, 40.0, np.nan]),
         tmp_path / "errors.png",
     )
     assert _png_size(out) == (1000, 400)
@@ -81,10 +84,16 @@ def test_plot_errors_function(tmp_path: Path) -> None:
 def test_plot_prediction_function(tmp_path: Path) -> None:
     image = np.random.default_rng(0).uniform(0, 255, size=(100, 200)).astype(np.float32)
     prediction = Prediction(
-        source="chip.png", width=200, height=100,
+        source="chip.png",
+        width=200,
+        height=100,
         keypoints_px=np.array([[150.0, 50.0], [20.0, 20.0], [20.0, 80.0]]),
-        visible=np.array([True, True, True]), visibility=np.array([0.9, 0.9, 0.8]),
-        heading_deg=90.0, wake_length_px=130.0, wake_length_m=1300.0, gsd_m=10.0,
+        visible=np.array([True, True, True]),
+        visibility=np.array([0.9, 0.9, 0.8]),
+        heading_deg=90.0,
+        wake_length_px=130.0,
+        wake_length_m=1300.0,
+        gsd_m=10.0,
     )
     out = plot_prediction(image, prediction, tmp_path / "one.png")
     assert _png_size(out) == (600, 400)
@@ -94,14 +103,36 @@ def test_plot_predictions_and_errors_commands(
     tiny_checkpoint: Path, synthetic_dir: Path, tmp_path: Path
 ) -> None:
     grid = tmp_path / "grid.png"
-    result = CliRunner().invoke(main, ["plot", "predictions", str(tiny_checkpoint),
-                                       str(synthetic_dir), "--out", str(grid), "--count", "3",
-                                       "--accelerator", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "plot",
+            "predictions",
+            str(tiny_checkpoint),
+            str(synthetic_dir),
+            "--out",
+            str(grid),
+            "--count",
+            "3",
+            "--accelerator",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert _png_size(grid) == (900, 300)
     errors = tmp_path / "errors.png"
-    result = CliRunner().invoke(main, ["plot", "errors", str(tiny_checkpoint),
-                                       str(synthetic_dir), "--out", str(errors),
-                                       "--accelerator", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "plot",
+            "errors",
+            str(tiny_checkpoint),
+            str(synthetic_dir),
+            "--out",
+            str(errors),
+            "--accelerator",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert _png_size(errors) == (1000, 400)

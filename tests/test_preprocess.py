@@ -115,8 +115,10 @@ def test_resize_matches_torchvision_antialiased_bilinear(
     raw = rng.gamma(2.0, 30.0, size=(height, width)).astype(np.float32)
     network_input = preprocess_image(raw, size)
     reference = v2.functional.resize(
-        torch.from_numpy(normalize_image(raw))[None], [size, size],
-        interpolation=v2.InterpolationMode.BILINEAR, antialias=True,
+        torch.from_numpy(normalize_image(raw))[None],
+        [size, size],
+        interpolation=v2.InterpolationMode.BILINEAR,
+        antialias=True,
     )
     reference_uint8 = reference.clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
     difference = np.abs(network_input.astype(int) - reference_uint8.astype(int))

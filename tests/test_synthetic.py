@@ -165,8 +165,10 @@ def test_arm_is_visible_up_to_its_annotated_end() -> None:
 def test_cli_synth(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "synth"
-    result = runner.invoke(main, ["synth", str(out), "--count", "3", "--seed", "2",
-                                  "--min-size", "48", "--max-size", "64"])
+    result = runner.invoke(
+        main,
+        ["synth", str(out), "--count", "3", "--seed", "2", "--min-size", "48", "--max-size", "64"],
+    )
     assert result.exit_code == 0, result.output
     assert "Wrote 3 chips" in result.output
     assert len(list((out / "annotations").glob("*.json"))) == 3

@@ -101,8 +101,16 @@ def test_missing_gpu_cli_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_missing_data_cli_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,
-        ["train", "--data", str(tmp_path / "nowhere"), "--accelerator", "cpu",
-         "--no-pretrained", "--run-dir", str(tmp_path / "runs")],
+        [
+            "train",
+            "--data",
+            str(tmp_path / "nowhere"),
+            "--accelerator",
+            "cpu",
+            "--no-pretrained",
+            "--run-dir",
+            str(tmp_path / "runs"),
+        ],
     )
     assert result.exit_code == 2
     assert "nowhere" in result.output
@@ -118,8 +126,20 @@ def test_invalid_trainer_option_cli_error(
 ) -> None:
     result = CliRunner().invoke(
         main,
-        ["train", "--data", str(tiny_dir), "--accelerator", "cpu", "--image-size", "32",
-         "--no-pretrained", "--checkpoint-dir", str(tmp_path / "ck"), option, value],
+        [
+            "train",
+            "--data",
+            str(tiny_dir),
+            "--accelerator",
+            "cpu",
+            "--image-size",
+            "32",
+            "--no-pretrained",
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+            option,
+            value,
+        ],
     )
     assert result.exit_code == 2
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
@@ -131,9 +151,25 @@ def test_invalid_trainer_option_cli_error(
 def test_fast_dev_run_cli(tiny_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,
-        ["train", "--data", str(tiny_dir), "--fast-dev-run", "--accelerator", "cpu",
-         "--image-size", "32", "--batch-size", "4", "--workers", "0", "--no-pretrained",
-         "--checkpoint-dir", str(tmp_path / "ck"), "--run-dir", str(tmp_path / "runs")],
+        [
+            "train",
+            "--data",
+            str(tiny_dir),
+            "--fast-dev-run",
+            "--accelerator",
+            "cpu",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--no-pretrained",
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+            "--run-dir",
+            str(tmp_path / "runs"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "Best epoch: 0" in result.output
@@ -170,9 +206,9 @@ def test_run_folder_holds_config_metrics_and_checkpoints(
     checkpoint = _load(result.best_checkpoint)
     assert checkpoint["hyper_parameters"]["image_size"] == 32
     assert checkpoint["wakemodel_run_dir"] == str(run)
-    assert not [key for key in checkpoint if key.startswith("wakemodel_") and key != (
-        "wakemodel_run_dir"
-    )]
+    assert not [
+        key for key in checkpoint if key.startswith("wakemodel_") and key != ("wakemodel_run_dir")
+    ]
 
     # config.yaml is the config it ran with, as a fresh run: no resume, its folder's name.
     assert load_config(run / "config.yaml") == dataclasses.replace(config, run_name="run")
@@ -206,12 +242,34 @@ def test_train_options_are_generated_from_the_config() -> None:
     options = {param.name: param for param in command.params}
     fields = cli_fields()
     assert {option_name(spec) for spec, _ in fields} == {
-        "--data", "--epochs", "--batch-size", "--image-size", "--lr", "--weight-decay",
-        "--warmup-epochs", "--seed", "--accelerator", "--precision", "--devices",
-        "--num-nodes", "--strategy", "--workers", "--augment-on", "--logger",
-        "--checkpoint-dir", "--run-dir", "--run-name", "--resume", "--deterministic",
-        "--fast-dev-run", "--pretrained", "--weights", "--max-time", "--fit-schedule-to-time",
-        "--compile", "--auto-batch-size",
+        "--data",
+        "--epochs",
+        "--batch-size",
+        "--image-size",
+        "--lr",
+        "--weight-decay",
+        "--warmup-epochs",
+        "--seed",
+        "--accelerator",
+        "--precision",
+        "--devices",
+        "--num-nodes",
+        "--strategy",
+        "--workers",
+        "--augment-on",
+        "--logger",
+        "--checkpoint-dir",
+        "--run-dir",
+        "--run-name",
+        "--resume",
+        "--deterministic",
+        "--fast-dev-run",
+        "--pretrained",
+        "--weights",
+        "--max-time",
+        "--fit-schedule-to-time",
+        "--compile",
+        "--auto-batch-size",
     }
     assert options["pretrained"].opts == ["--pretrained"]
     assert options["pretrained"].secondary_opts == ["--no-pretrained"]
@@ -258,8 +316,15 @@ def test_config_module_imports_neither_torch_nor_lightning() -> None:
 
 def test_config_file_round_trip(tmp_path: Path) -> None:
     config = TrainConfig(
-        data_dir=tmp_path / "data", epochs=7, lr=2e-3, precision="bf16-mixed", workers=0,
-        checkpoint_dir=tmp_path / "ck", fast_dev_run=3, run_name="x", weights_path="w.pth",
+        data_dir=tmp_path / "data",
+        epochs=7,
+        lr=2e-3,
+        precision="bf16-mixed",
+        workers=0,
+        checkpoint_dir=tmp_path / "ck",
+        fast_dev_run=3,
+        run_name="x",
+        weights_path="w.pth",
     )
     assert isinstance(config.weights_path, Path)
     assert load_config(save_config(config, tmp_path / "config.yaml")) == config
@@ -337,7 +402,10 @@ def test_same_seed_deterministic_runs_match(tiny_dir: Path, tmp_path: Path) -> N
     results = [
         train(
             _config(
-                tiny_dir, tmp_path / f"run{index}", seed=7, deterministic=True,
+                tiny_dir,
+                tmp_path / f"run{index}",
+                seed=7,
+                deterministic=True,
                 logger="none",
             )
         )
@@ -345,9 +413,7 @@ def test_same_seed_deterministic_runs_match(tiny_dir: Path, tmp_path: Path) -> N
     ]
     assert results[0].history == results[1].history
     assert len(results[0].history) == 1
-    assert all(
-        not math.isnan(metrics["val/loss"]) for metrics in results[0].history.values()
-    )
+    assert all(not math.isnan(metrics["val/loss"]) for metrics in results[0].history.values())
 
 
 def test_atomic_checkpoint_io_leaves_no_partial_file(tmp_path: Path) -> None:
@@ -365,9 +431,7 @@ def test_atomic_checkpoint_io_leaves_no_partial_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
-def test_wandb_mode_without_key_is_offline(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_wandb_mode_without_key_is_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
@@ -420,17 +484,46 @@ def test_train_config_checks_values() -> None:
 
 def test_train_command_shows_only_our_lines(tiny_dir: Path, tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "train", "--data", str(tiny_dir), "--epochs", "1",
-         "--image-size", "32", "--batch-size", "4", "--workers", "0", "--no-pretrained",
-         "--accelerator", "cpu", "--run-dir", str(tmp_path / "runs")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False,
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "train",
+            "--data",
+            str(tiny_dir),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--no-pretrained",
+            "--accelerator",
+            "cpu",
+            "--run-dir",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
     )
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "Device: CPU" in output and "Best checkpoint:" in output
-    for noise in ("GPU available", "TPU available", "Tip:", "litlogger", "LeafSpec",
-                  "to estimate number of stepping batches", "stopped: `max_epochs",
-                  "smaller than the logging interval", "does not have many workers"):
+    for noise in (
+        "GPU available",
+        "TPU available",
+        "Tip:",
+        "litlogger",
+        "LeafSpec",
+        "to estimate number of stepping batches",
+        "stopped: `max_epochs",
+        "smaller than the logging interval",
+        "does not have many workers",
+    ):
         assert noise not in output, noise
 
 

@@ -352,9 +352,7 @@ class BatchWakeAugmentation(torch.nn.Module):
         inverse_offset = centre - (inverse_linear @ (centre + shift)[:, :, None])[..., 0]
         return (linear, offset), (inverse_linear, inverse_offset)
 
-    def _photometry(
-        self, images: torch.Tensor, generator: torch.Generator | None
-    ) -> torch.Tensor:
+    def _photometry(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Gamma, brightness/contrast, blur and noise on float32 ``[B, 1, S, S]`` in [0, 1]."""
         s = self.settings
         batch = images.shape[0]

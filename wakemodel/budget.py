@@ -105,14 +105,20 @@ class TimeBudget(Callback):
         self._first_epoch = trainer.current_epoch
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
     ) -> None:
         """After the first ``PROBE_STEPS`` steps, plan from their speed."""
         self.steps_timed += 1
         if self.planned_epochs is None and self.steps_timed == PROBE_STEPS:
-            seconds_per_epoch = self._seconds_per_step() * self._steps_per_epoch(trainer) * (
-                1.0 + VALIDATION_COST_GUESS * self._validation_share(trainer)
+            seconds_per_epoch = (
+                self._seconds_per_step()
+                * self._steps_per_epoch(trainer)
+                * (1.0 + VALIDATION_COST_GUESS * self._validation_share(trainer))
             )
             self._plan(trainer, seconds_per_epoch)
 
@@ -157,7 +163,10 @@ class TimeBudget(Callback):
             logger.info(
                 "Time budget: %.0f s for training at %.1f s per epoch -> %d epochs, "
                 "learning-rate schedule of %d steps",
-                training_budget_s, seconds_per_epoch, epochs, total_steps,
+                training_budget_s,
+                seconds_per_epoch,
+                epochs,
+                total_steps,
             )
         self.planned_epochs, self.planned_steps = epochs, total_steps
 

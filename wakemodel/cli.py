@@ -54,19 +54,36 @@ def plot() -> None:
     """Plot datasets, training curves, predictions and error distributions."""
 
 
-
 def _prediction_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add the options shared by the commands that run a model to ``command``."""
     options = [
-        click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="auto",
-                     show_default=True, help="Device to run on."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-                     help="Chips per network call."),
-        click.option("--tta", is_flag=True,
-                     help="Average predictions over the 8 flips/rotations of the input."),
-        click.option("--gsd", "gsd_m", type=click.FloatRange(min=0, min_open=True),
-                     default=DEFAULT_GSD_M, show_default=True,
-                     help="Ground sampling distance in metres per pixel."),
+        click.option(
+            "--accelerator",
+            type=click.Choice(ACCELERATOR_CHOICES),
+            default="auto",
+            show_default=True,
+            help="Device to run on.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=16,
+            show_default=True,
+            help="Chips per network call.",
+        ),
+        click.option(
+            "--tta",
+            is_flag=True,
+            help="Average predictions over the 8 flips/rotations of the input.",
+        ),
+        click.option(
+            "--gsd",
+            "gsd_m",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULT_GSD_M,
+            show_default=True,
+            help="Ground sampling distance in metres per pixel.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -77,35 +94,58 @@ def _prediction_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--json", "json_path", type=click.Path(path_type=Path, allow_dash=True),
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, allow_dash=True),
     help="Write the results as JSON to this file ('-' for stdout, which replaces the table).",
 )
 @click.option(
-    "--plot", "plot_path", type=click.Path(path_type=Path),
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
     help="Save each chip with its keypoints, wake axis and heading arrow: a .png file "
     "for one image, else a folder (one <name>_wake.png per image).",
 )
 @click.option(
-    "--crs", help="CRS of chips georeferenced by a world file (.pgw/.wld) without a .prj "
+    "--crs",
+    help="CRS of chips georeferenced by a world file (.pgw/.wld) without a .prj "
     "beside them, e.g. EPSG:32631 (GeoTIFFs carry their own).",
 )
 @click.option(
-    "--platforms", "platforms_csv", type=click.Path(dir_okay=False, path_type=Path),
+    "--platforms",
+    "platforms_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
     help="CSV of platforms (lat, lon, optional name, id, mmsi): adds, for georeferenced chips, "
     "the nearest platform's distance, bearing, angle to the heading and the closest "
     "point of approach.",
 )
-@click.option("--nearest", "nearest_count", type=click.IntRange(min=1), default=1,
-              show_default=True, help="Platforms listed per vessel (with --platforms).")
 @click.option(
-    "--within-km", type=click.FloatRange(min=0, min_open=True),
+    "--nearest",
+    "nearest_count",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Platforms listed per vessel (with --platforms).",
+)
+@click.option(
+    "--within-km",
+    type=click.FloatRange(min=0, min_open=True),
     help="Flag vessels closer than this to their nearest platform (km; needs --platforms).",
 )
 @_prediction_options
 def infer_command(
-    model: Path, images: tuple[Path, ...], json_path: Path | None, plot_path: Path | None,
-    crs: str | None, platforms_csv: Path | None, nearest_count: int, within_km: float | None,
-    accelerator: str, batch_size: int, tta: bool, gsd_m: float,
+    model: Path,
+    images: tuple[Path, ...],
+    json_path: Path | None,
+    plot_path: Path | None,
+    crs: str | None,
+    platforms_csv: Path | None,
+    nearest_count: int,
+    within_km: float | None,
+    accelerator: str,
+    batch_size: int,
+    tta: bool,
+    gsd_m: float,
 ) -> None:
     """Find the wake in each IMAGE (files or folders) with MODEL (.ckpt, or .onnx from export).
 
@@ -126,8 +166,16 @@ def infer_command(
         click.echo(f"Skipping {source}: {error}", err=True)
 
     report = infer.run(
-        model, paths, batch_size=batch_size, tta=tta, gsd_m=gsd_m, accelerator=accelerator,
-        crs=crs, platforms=platforms_csv, nearest_count=nearest_count, within_km=within_km,
+        model,
+        paths,
+        batch_size=batch_size,
+        tta=tta,
+        gsd_m=gsd_m,
+        accelerator=accelerator,
+        crs=crs,
+        platforms=platforms_csv,
+        nearest_count=nearest_count,
+        within_km=within_km,
         on_unreadable=skip if several else None,
     )
     for note in report.notes:
@@ -170,21 +218,36 @@ def _prediction_table(predictions: list[Any]) -> str:
 @main.command("evaluate")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True),
-              help="Write the summary and per-chip errors as JSON ('-' for stdout).")
 @click.option(
-    "--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, allow_dash=True),
+    help="Write the summary and per-chip errors as JSON ('-' for stdout).",
+)
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False, path_type=Path),
     help="Write predictions.png, errors.png and (with a training log) history.png here.",
 )
 @click.option(
-    "--history", "history_log", type=click.Path(path_type=Path),
+    "--history",
+    "history_log",
+    type=click.Path(path_type=Path),
     help="Training run folder or metrics.csv for history.png; default: a metrics.csv "
     "in MODEL's folder or its parent.",
 )
 @_prediction_options
 def evaluate_command(
-    model: Path, data_dir: Path, json_path: Path | None, plots_dir: Path | None,
-    history_log: Path | None, accelerator: str, batch_size: int, tta: bool, gsd_m: float,
+    model: Path,
+    data_dir: Path,
+    json_path: Path | None,
+    plots_dir: Path | None,
+    history_log: Path | None,
+    accelerator: str,
+    batch_size: int,
+    tta: bool,
+    gsd_m: float,
 ) -> None:
     """Measure MODEL on the annotated chips of DATA_DIR (imgs/ + annotations/).
 
@@ -217,8 +280,13 @@ def evaluate_command(
 
 @plot.command("history")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="curves.png",
-              show_default=True, help="Output image file.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="curves.png",
+    show_default=True,
+    help="Output image file.",
+)
 def plot_history_command(run: Path, out: Path) -> None:
     """Plot train/val loss and validation metrics per epoch of a training RUN.
 
@@ -232,20 +300,41 @@ def plot_history_command(run: Path, out: Path) -> None:
 @plot.command("predictions")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="grid.png",
-              show_default=True, help="Output image file.")
-@click.option("--count", type=click.IntRange(min=1), default=12, show_default=True,
-              help="Number of chips shown (the first ones by name).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="grid.png",
+    show_default=True,
+    help="Output image file.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="Number of chips shown (the first ones by name).",
+)
 @_prediction_options
 def plot_predictions_command(
-    model: Path, data_dir: Path, out: Path, count: int, accelerator: str, batch_size: int,
-    tta: bool, gsd_m: float,
+    model: Path,
+    data_dir: Path,
+    out: Path,
+    count: int,
+    accelerator: str,
+    batch_size: int,
+    tta: bool,
+    gsd_m: float,
 ) -> None:
     """Plot a grid of DATA_DIR chips with ground truth and MODEL's predictions."""
     from wakemodel.evaluate import evaluate
 
     report = evaluate(
-        model, data_dir, batch_size=batch_size, tta=tta, gsd_m=gsd_m, accelerator=accelerator,
+        model,
+        data_dir,
+        batch_size=batch_size,
+        tta=tta,
+        gsd_m=gsd_m,
+        accelerator=accelerator,
         limit=count,
     )
     click.echo(f"Saved {report.plot_predictions(out, count=count)}")
@@ -254,11 +343,21 @@ def plot_predictions_command(
 @plot.command("errors")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="errors.png",
-              show_default=True, help="Output image file.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="errors.png",
+    show_default=True,
+    help="Output image file.",
+)
 @_prediction_options
 def plot_errors_command(
-    model: Path, data_dir: Path, out: Path, accelerator: str, batch_size: int, tta: bool,
+    model: Path,
+    data_dir: Path,
+    out: Path,
+    accelerator: str,
+    batch_size: int,
+    tta: bool,
     gsd_m: float,
 ) -> None:
     """Plot MODEL's vertex and heading error distributions on DATA_DIR, bounds marked."""
@@ -319,7 +418,9 @@ def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command("train")
 @click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Run with the settings of this config.yaml (every run folder has one); options "
     "given on the command line override it.",
 )
@@ -356,7 +457,8 @@ def _train_config(ctx: click.Context, config_file: Path | None, options: dict[st
         return TrainConfig(**options)
     defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     given = {
-        name: value for name, value in options.items()
+        name: value
+        for name, value in options.items()
         if ctx.get_parameter_source(name) not in defaults
     }
     return dataclasses.replace(load_config(config_file), **given)
@@ -402,21 +504,49 @@ def _train_summary(result: Any) -> str:
 
 @main.command("synth")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--count", type=click.IntRange(min=1), default=600, show_default=True,
-              help="Number of chips.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Random seed (same seed -> byte-identical files).")
-@click.option("--min-size", type=click.IntRange(min=32), default=200, show_default=True,
-              help="Smallest chip side in pixels.")
-@click.option("--max-size", type=click.IntRange(min=32), default=900, show_default=True,
-              help="Largest chip side in pixels.")
-@click.option("--workers", type=click.IntRange(min=1), show_default="the available CPU cores",
-              help="Parallel processes (the files do not depend on it).")
-@click.option("--geotiff", is_flag=True,
-              help="Write georeferenced GeoTIFF chips (imgs/*.tif: UTM 31N/32N, 10 m pixels, "
-              "North Sea) instead of PNGs; same pixels and annotations.")
+@click.option(
+    "--count", type=click.IntRange(min=1), default=600, show_default=True, help="Number of chips."
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Random seed (same seed -> byte-identical files).",
+)
+@click.option(
+    "--min-size",
+    type=click.IntRange(min=32),
+    default=200,
+    show_default=True,
+    help="Smallest chip side in pixels.",
+)
+@click.option(
+    "--max-size",
+    type=click.IntRange(min=32),
+    default=900,
+    show_default=True,
+    help="Largest chip side in pixels.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    show_default="the available CPU cores",
+    help="Parallel processes (the files do not depend on it).",
+)
+@click.option(
+    "--geotiff",
+    is_flag=True,
+    help="Write georeferenced GeoTIFF chips (imgs/*.tif: UTM 31N/32N, 10 m pixels, "
+    "North Sea) instead of PNGs; same pixels and annotations.",
+)
 def synth_command(
-    out_dir: Path, count: int, seed: int, min_size: int, max_size: int, workers: int | None,
+    out_dir: Path,
+    count: int,
+    seed: int,
+    min_size: int,
+    max_size: int,
+    workers: int | None,
     geotiff: bool,
 ) -> None:
     """Write COUNT synthetic Sentinel-2 wake chips to OUT_DIR in the dataset's layout."""
@@ -425,7 +555,12 @@ def synth_command(
     if workers is None:
         workers = available_cores()
     root = generate_dataset(
-        out_dir, count, seed, min_size=min_size, max_size=max_size, workers=workers,
+        out_dir,
+        count,
+        seed,
+        min_size=min_size,
+        max_size=max_size,
+        workers=workers,
         geotiff=geotiff,
     )
     click.echo(f"Wrote {count} chips to {root} (imgs/{'*.tif' if geotiff else ''}, annotations/).")
@@ -433,29 +568,55 @@ def synth_command(
 
 
 @main.command("download")
-@click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("data/ShipWakes"), show_default=True,
-              help="Dataset folder to create (imgs/ and annotations/).")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
-              default=30.0, show_default=True, help="Network timeout per request in seconds.")
-@click.option("--api-url", default=API_URL, show_default=True,
-              help="Zenodo API address of the record (a mirror or a test server).")
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data/ShipWakes"),
+    show_default=True,
+    help="Dataset folder to create (imgs/ and annotations/).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Network timeout per request in seconds.",
+)
+@click.option(
+    "--api-url",
+    default=API_URL,
+    show_default=True,
+    help="Zenodo API address of the record (a mirror or a test server).",
+)
 def download_command(dest: Path, timeout_s: float, api_url: str) -> None:
     """Download the ship-wake dataset from Zenodo, verify checksums and unpack it."""
     from wakemodel.download import download_dataset
 
     root = download_dataset(dest, api_url=api_url, timeout_s=timeout_s)
     click.echo(f"Dataset ready in {root}.")
-    click.echo(f"Next: python cli.py plot dataset {root} --out dataset.png, "
-               f"then python cli.py train --data {root}")
+    click.echo(
+        f"Next: python cli.py plot dataset {root} --out dataset.png, "
+        f"then python cli.py train --data {root}"
+    )
 
 
 @plot.command("dataset")
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="grid.png",
-              show_default=True, help="Output image file.")
-@click.option("--count", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Number of chips shown (the first ones by name).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="grid.png",
+    show_default=True,
+    help="Output image file.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Number of chips shown (the first ones by name).",
+)
 def plot_dataset_command(data_dir: Path, out: Path, count: int) -> None:
     """Plot a grid of DATA_DIR chips with their annotated keypoints."""
     from wakemodel.plots import plot_dataset_grid
@@ -465,12 +626,26 @@ def plot_dataset_command(data_dir: Path, out: Path, count: int) -> None:
 
 @main.command("export")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--format", "export_format", type=click.Choice(["onnx"]), default="onnx",
-              show_default=True, help="Export format.")
-@click.option("--int8", is_flag=True,
-              help="Quantise to 8 bits (ONNX Runtime dynamic quantisation; about 3x smaller).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="model.onnx",
-              show_default=True, help="Output .onnx file.")
+@click.option(
+    "--format",
+    "export_format",
+    type=click.Choice(["onnx"]),
+    default="onnx",
+    show_default=True,
+    help="Export format.",
+)
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Quantise to 8 bits (ONNX Runtime dynamic quantisation; about 3x smaller).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="model.onnx",
+    show_default=True,
+    help="Output .onnx file.",
+)
 def export_command(model: Path, export_format: str, int8: bool, out: Path) -> None:
     """Export the checkpoint MODEL to ONNX for `infer` (needs the [onnx] extra).
 
@@ -486,17 +661,34 @@ def export_command(model: Path, export_format: str, int8: bool, out: Path) -> No
 
 @main.command("nearest")
 @click.argument("platforms_csv", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--lat", "vessel_lat", type=click.FloatRange(-90, 90),
-              help="Vessel latitude in degrees (with --lon).")
+@click.option(
+    "--lat",
+    "vessel_lat",
+    type=click.FloatRange(-90, 90),
+    help="Vessel latitude in degrees (with --lon).",
+)
 @click.option("--lon", "vessel_lon", type=float, help="Vessel longitude in degrees (with --lat).")
-@click.option("--vessels", "vessels_csv", type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV of vessels (lat, lon, optional name, id, mmsi) instead of --lat/--lon.")
-@click.option("--k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Nearest platforms listed per vessel.")
+@click.option(
+    "--vessels",
+    "vessels_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV of vessels (lat, lon, optional name, id, mmsi) instead of --lat/--lon.",
+)
+@click.option(
+    "--k",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Nearest platforms listed per vessel.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def nearest_command(
-    platforms_csv: Path, vessel_lat: float | None, vessel_lon: float | None,
-    vessels_csv: Path | None, k: int, as_json: bool,
+    platforms_csv: Path,
+    vessel_lat: float | None,
+    vessel_lon: float | None,
+    vessels_csv: Path | None,
+    k: int,
+    as_json: bool,
 ) -> None:
     """Print the K platforms of PLATFORMS_CSV nearest to each vessel (great-circle km).
 
@@ -523,32 +715,60 @@ def nearest_command(
     if as_json:
         click.echo(json.dumps({"platforms": str(platforms_csv), "vessels": records}, indent=2))
         return
-    rows = [f"{'vessel':<16} {'lat':>9} {'lon':>10} {'rank':>4}  {'platform':<16} "
-            f"{'distance km':>12}"]
+    rows = [
+        f"{'vessel':<16} {'lat':>9} {'lon':>10} {'rank':>4}  {'platform':<16} {'distance km':>12}"
+    ]
     for record in records:
         for match in record["nearest"]:
-            rows.append(f"{record['vessel']:<16} {record['lat']:>9.4f} {record['lon']:>10.4f} "
-                        f"{match['rank']:>4}  {match['name']:<16} {match['distance_km']:>12.3f}")
+            rows.append(
+                f"{record['vessel']:<16} {record['lat']:>9.4f} {record['lon']:>10.4f} "
+                f"{match['rank']:>4}  {match['name']:<16} {match['distance_km']:>12.3f}"
+            )
     click.echo("\n".join(rows))
 
 
 @main.command("demo")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("data/synthetic"), show_default=True,
-              help="Synthetic training set (generated when absent; held-out chips go to "
-              "DATA-holdout).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("runs/demo"), show_default=True,
-              help="Folder for evaluation.json, the figures and the training run folder "
-              "train/ (config.yaml, metrics.csv, checkpoints/).")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Training epochs.")
-@click.option("--image-size", type=click.IntRange(min=32), default=96, show_default=True,
-              help="Network input side in pixels.")
-@click.option("--count", type=click.IntRange(min=10), default=600, show_default=True,
-              help="Synthetic training chips to generate when the set is absent.")
-@click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="cpu",
-              show_default=True, help="Device for training and inference.")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data/synthetic"),
+    show_default=True,
+    help="Synthetic training set (generated when absent; held-out chips go to DATA-holdout).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/demo"),
+    show_default=True,
+    help="Folder for evaluation.json, the figures and the training run folder "
+    "train/ (config.yaml, metrics.csv, checkpoints/).",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Training epochs."
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=32),
+    default=96,
+    show_default=True,
+    help="Network input side in pixels.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=10),
+    default=600,
+    show_default=True,
+    help="Synthetic training chips to generate when the set is absent.",
+)
+@click.option(
+    "--accelerator",
+    type=click.Choice(ACCELERATOR_CHOICES),
+    default="cpu",
+    show_default=True,
+    help="Device for training and inference.",
+)
 def demo_command(
     data_dir: Path, out_dir: Path, epochs: int, image_size: int, count: int, accelerator: str
 ) -> None:
@@ -556,7 +776,11 @@ def demo_command(
     from wakemodel.demo import run_demo
 
     result = run_demo(
-        data_dir, out_dir, count=count, epochs=epochs, image_size=image_size,
+        data_dir,
+        out_dir,
+        count=count,
+        epochs=epochs,
+        image_size=image_size,
         accelerator=accelerator,
     )
     click.echo(_train_summary(result.training))

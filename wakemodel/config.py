@@ -87,8 +87,15 @@ def _cli(
         cli: False for settings that only the Python API and config files set.
     """
     return {
-        "help": help, "option": option, "choices": choices, "min": min, "min_open": min_open,
-        "negatable": negatable, "flag": flag, "default_text": default_text, "cli": cli,
+        "help": help,
+        "option": option,
+        "choices": choices,
+        "min": min,
+        "min_open": min_open,
+        "negatable": negatable,
+        "flag": flag,
+        "default_text": default_text,
+        "cli": cli,
     }
 
 
@@ -420,9 +427,7 @@ def config_from_dict(values: Any, source: str) -> TrainConfig:
     known = {spec.name: spec for spec in dataclasses.fields(TrainConfig)}
     unknown = sorted(str(key) for key in values if key not in known)
     if unknown:
-        raise InputError(
-            f"{source}: unknown setting {unknown[0]!r}; known: {', '.join(known)}."
-        )
+        raise InputError(f"{source}: unknown setting {unknown[0]!r}; known: {', '.join(known)}.")
     hints = _type_hints()
     checked = {
         name: _check_value(known[name], hints[name], value, source=f"{source}: {name}")

@@ -212,9 +212,7 @@ def scan_dataset(root: str | os.PathLike[str]) -> list[WakeRecord]:
         else:
             images[path.stem] = path
     annotations = {
-        path.stem: path
-        for path in sorted(annotation_dir.glob("*.json"))
-        if path.is_file()
+        path.stem: path for path in sorted(annotation_dir.glob("*.json")) if path.is_file()
     }
 
     records = []

@@ -96,8 +96,10 @@ def run_demo(
     """
     data_dir = _ensure_synthetic(Path(data_dir), count, seed, max_size)
     holdout_dir = _ensure_synthetic(
-        data_dir.with_name(f"{data_dir.name}-holdout"), holdout_count,
-        seed + HOLDOUT_SEED_OFFSET, max_size,
+        data_dir.with_name(f"{data_dir.name}-holdout"),
+        holdout_count,
+        seed + HOLDOUT_SEED_OFFSET,
+        max_size,
     )
     out_dir = Path(out_dir)
     training = train(

@@ -155,14 +155,18 @@ def _extract(archive: Path, folder: Path) -> None:
 def _find_dataset_root(folder: Path) -> Path | None:
     """The shallowest folder in ``folder`` (itself included) with ``imgs/`` and ``annotations/``."""
     candidates = [folder, *sorted(path for path in folder.rglob("*") if path.is_dir())]
-    found = [path for path in candidates if (path / "imgs").is_dir()
-             and (path / "annotations").is_dir()]
+    found = [
+        path for path in candidates if (path / "imgs").is_dir() and (path / "annotations").is_dir()
+    ]
     return min(found, key=lambda path: len(path.parts)) if found else None
 
 
 def download_dataset(
-    dest: str | os.PathLike[str] = Path("data/ShipWakes"), *, api_url: str = API_URL,
-    timeout_s: float = 30.0, progress: bool = True,
+    dest: str | os.PathLike[str] = Path("data/ShipWakes"),
+    *,
+    api_url: str = API_URL,
+    timeout_s: float = 30.0,
+    progress: bool = True,
 ) -> Path:
     """Download, verify and unpack the ship-wake dataset into ``dest``.
 
@@ -206,8 +210,12 @@ def download_dataset(
         downloads, extracted = staging / "files", staging / "extracted"
         downloads.mkdir()
         extracted.mkdir()
-        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+        )
         with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
             paths = [_download_file(entry, downloads, timeout_s, dest, bar) for entry in files]
         for path in paths:

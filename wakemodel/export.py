@@ -144,7 +144,8 @@ def _float_convolutions(model_proto: Any) -> list[str]:
     """
     convolutions = [node for node in model_proto.graph.node if node.op_type == "Conv"]
     grouped = [
-        node.name for node in convolutions
+        node.name
+        for node in convolutions
         if any(attribute.name == "group" and attribute.i > 1 for attribute in node.attribute)
     ]
     return [convolutions[0].name, *grouped] if convolutions else grouped
@@ -215,9 +216,10 @@ def export_onnx(
     detector = predictor.module.float().to(memory_format=_contiguous_format())
     metadata = _metadata(predictor.image_size, "int8" if int8 else "fp32", Path(checkpoint))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory(
-        prefix="wakemodel-export-"
-    ) as folder:
+    with (
+        atomic_path(out_path) as tmp,
+        tempfile.TemporaryDirectory(prefix="wakemodel-export-") as folder,
+    ):
         fp32_path = Path(folder) / "fp32.onnx" if int8 else Path(tmp)
         _write_fp32(detector, predictor.image_size, fp32_path)
         if int8:

@@ -475,9 +475,7 @@ class PlatformIndex:
     def _vectors(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return the points' unit vectors in ``dtype`` (float32 made once, on first use)."""
         if dtype not in self._xyz:
-            self._xyz[dtype] = tuple(
-                c.astype(dtype) for c in self._xyz[_F64]
-            )  # type: ignore[assignment]
+            self._xyz[dtype] = tuple(c.astype(dtype) for c in self._xyz[_F64])  # type: ignore[assignment]
         return self._xyz[dtype]
 
     def distances(
@@ -547,9 +545,7 @@ class PlatformIndex:
             vessel_xyz = _unit_vectors(lat_flat[valid], lon_flat[valid], _F64)
             found_km, found = self._query_valid(vessel_xyz, int(k))
             distances[valid], indices[valid] = found_km, found
-        return NearestPlatforms(
-            distances.reshape(*lat.shape, k), indices.reshape(*lat.shape, k)
-        )
+        return NearestPlatforms(distances.reshape(*lat.shape, k), indices.reshape(*lat.shape, k))
 
     def _query_valid(
         self, vessel_xyz: tuple[np.ndarray, np.ndarray, np.ndarray], k: int
@@ -701,8 +697,11 @@ def closest_point_of_approach(
         ``(cpa_distance_km, along_track_km)``, both >= 0 (NaN for NaN input).
     """
     v_lat, v_lon, heading, t_lat, t_lon = _broadcast_checked(
-        vessel_lat=vessel_lat, vessel_lon=vessel_lon, heading_deg=heading_deg,
-        target_lat=target_lat, target_lon=target_lon,
+        vessel_lat=vessel_lat,
+        vessel_lon=vessel_lon,
+        heading_deg=heading_deg,
+        target_lat=target_lat,
+        target_lon=target_lon,
     )
     radius = _check_radius(earth_radius_km)
     position, north, east = _sphere_frame(v_lat, v_lon)
@@ -831,10 +830,12 @@ def nearest_records(
                 zip(found.indices[row], found.distances_km[row], strict=True), start=1
             )
         ]
-        records.append({
-            "vessel": label,
-            "lat": float(vessels.lats[row]),
-            "lon": float(vessels.lons[row]),
-            "nearest": nearest,
-        })
+        records.append(
+            {
+                "vessel": label,
+                "lat": float(vessels.lats[row]),
+                "lon": float(vessels.lons[row]),
+                "nearest": nearest,
+            }
+        )
     return records

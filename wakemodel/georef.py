@@ -92,8 +92,7 @@ def parse_crs(crs: str | pyproj.CRS) -> pyproj.CRS:
         return pyproj.CRS.from_user_input(crs)
     except CRSError as error:
         raise InputError(
-            f"CRS {crs!r} is not recognised ({first_line(error)}); "
-            "give one such as EPSG:32631."
+            f"CRS {crs!r} is not recognised ({first_line(error)}); give one such as EPSG:32631."
         ) from error
 
 
@@ -219,8 +218,9 @@ class GeoReference:
             (x, y) pixel arrays, broadcast shape; points off the chip fall
             outside ``[0, width) x [0, height)``.
         """
-        lon_arr, lat_arr = np.broadcast_arrays(np.asarray(lon, np.float64),
-                                               np.asarray(lat, np.float64))
+        lon_arr, lat_arr = np.broadcast_arrays(
+            np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+        )
         crs_x, crs_y = self._from_lonlat.transform(lon_arr, lat_arr)
         x_px, y_px = ~self.transform @ (np.asarray(crs_x), np.asarray(crs_y))
         return np.asarray(x_px, np.float64), np.asarray(y_px, np.float64)
@@ -234,8 +234,9 @@ class GeoReference:
         measures 10 m times 1/k, within 0.1% of 10 m inside a zone).
         """
         centre_x, centre_y = self.width / 2.0, self.height / 2.0
-        lon, lat = self.pixel_to_lonlat([centre_x, centre_x + 1.0, centre_x],
-                                        [centre_y, centre_y, centre_y + 1.0])
+        lon, lat = self.pixel_to_lonlat(
+            [centre_x, centre_x + 1.0, centre_x], [centre_y, centre_y, centre_y + 1.0]
+        )
         _, _, distance_m = self._geod.inv(lon[[0, 0]], lat[[0, 0]], lon[1:], lat[1:])
         return float(distance_m[0]), float(distance_m[1])
 
@@ -292,7 +293,8 @@ class GeoReference:
     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """A point and the point one pixel further along an image bearing (degrees)."""
         x0, y0, bearing = np.broadcast_arrays(
-            np.asarray(x_px, np.float64), np.asarray(y_px, np.float64),
+            np.asarray(x_px, np.float64),
+            np.asarray(y_px, np.float64),
             np.radians(np.asarray(image_bearing_deg, np.float64)),
         )
         return (x0, y0), (x0 + np.sin(bearing), y0 - np.cos(bearing))
@@ -328,9 +330,11 @@ class GeoReference:
             Compass bearing in the image (degrees [0, 360), image up = 0,
             clockwise), broadcast shape: the direction to draw on the chip.
         """
-        x0, y0, bearing = np.broadcast_arrays(np.asarray(x_px, np.float64),
-                                              np.asarray(y_px, np.float64),
-                                              np.asarray(true_bearing_deg, np.float64))
+        x0, y0, bearing = np.broadcast_arrays(
+            np.asarray(x_px, np.float64),
+            np.asarray(y_px, np.float64),
+            np.asarray(true_bearing_deg, np.float64),
+        )
         lon0, lat0 = self.pixel_to_lonlat(x0, y0)
         step_m = float(np.mean(self.pixel_size_m))
         lon1, lat1, _ = self._geod.fwd(lon0, lat0, bearing, np.full(bearing.shape, step_m))
@@ -681,7 +685,8 @@ def geolocate(
     lon, lat = georef.pixel_to_lonlat(keypoints_px[:, 0], keypoints_px[:, 1])
     far_ends = tuple(
         (KEYPOINT_NAMES[slot], float(lat[slot]), float(lon[slot]))
-        for slot in range(1, NUM_KEYPOINTS) if visible[slot]
+        for slot in range(1, NUM_KEYPOINTS)
+        if visible[slot]
     )
     vertex_x, vertex_y = keypoints_px[0]
     heading_true = heading_grid = length_m = math.nan
@@ -694,8 +699,13 @@ def geolocate(
     approaches: tuple[PlatformApproach, ...] = ()
     within: bool | None = None
     if platforms is not None:
-        approaches = _approaches(float(lat[0]), float(lon[0]), heading_true, platforms,
-                                 min(nearest_count, len(platforms)))
+        approaches = _approaches(
+            float(lat[0]),
+            float(lon[0]),
+            heading_true,
+            platforms,
+            min(nearest_count, len(platforms)),
+        )
         if within_km is not None:
             within = approaches[0].distance_km < within_km
     epsg = georef.crs.to_epsg()
@@ -723,8 +733,9 @@ def _approaches(
     indices = found.indices.ravel()
     lats, lons = platforms.points.lats[indices], platforms.points.lons[indices]
     bearings = geo.initial_bearing_deg(vessel_lat, vessel_lon, lats, lons)
-    cpa_km, along_km = geo.closest_point_of_approach(vessel_lat, vessel_lon, heading_deg,
-                                                     lats, lons)
+    cpa_km, along_km = geo.closest_point_of_approach(
+        vessel_lat, vessel_lon, heading_deg, lats, lons
+    )
     angles = kp.angle_difference_deg(heading_deg, bearings)
     return tuple(
         PlatformApproach(
@@ -780,13 +791,23 @@ def geolocate_predictions(
         if georef is None:
             located.append(replace(prediction, geo=None, geo_note=reason))
             continue
-        location = geolocate(georef, prediction.keypoints_px, prediction.visible,
-                             platforms=platforms, nearest_count=nearest_count,
-                             within_km=within_km)
-        located.append(replace(
-            prediction, geo=location, geo_note=None, wake_length_m=location.wake_length_m,
-            gsd_m=round(float(np.mean(location.pixel_size_m)), 4),
-        ))
+        location = geolocate(
+            georef,
+            prediction.keypoints_px,
+            prediction.visible,
+            platforms=platforms,
+            nearest_count=nearest_count,
+            within_km=within_km,
+        )
+        located.append(
+            replace(
+                prediction,
+                geo=location,
+                geo_note=None,
+                wake_length_m=location.wake_length_m,
+                gsd_m=round(float(np.mean(location.pixel_size_m)), 4),
+            )
+        )
     return located
 
 
@@ -837,8 +858,16 @@ def write_geotiff(
 
     height, width = pixels.shape
     with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=1, dtype=pixels.dtype,
-        crs=crs.to_wkt(), transform=transform, compress="deflate",
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=1,
+        dtype=pixels.dtype,
+        crs=crs.to_wkt(),
+        transform=transform,
+        compress="deflate",
     ) as dataset:
         dataset.write(pixels, 1)
     return Path(path)

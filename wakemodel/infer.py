@@ -368,8 +368,9 @@ def predict(
     predictor = as_predictor(model, accelerator=accelerator)
     return [
         prediction
-        for prediction, _ in _predict(predictor, list(images), batch_size, tta, gsd_m,
-                                      on_unreadable)
+        for prediction, _ in _predict(
+            predictor, list(images), batch_size, tta, gsd_m, on_unreadable
+        )
     ]
 
 
@@ -477,8 +478,10 @@ def check_plot_path(plot_path: str | os.PathLike[str] | None, image_count: int) 
         InputError: ``plot_path`` ends in one of :data:`PLOT_SUFFIXES` and
             ``image_count`` is above 1.
     """
-    if plot_path is not None and image_count > 1 and (
-        Path(plot_path).suffix.lower() in PLOT_SUFFIXES
+    if (
+        plot_path is not None
+        and image_count > 1
+        and (Path(plot_path).suffix.lower() in PLOT_SUFFIXES)
     ):
         raise InputError(f"--plot {plot_path}: several images given; pass a folder instead.")
 
@@ -636,11 +639,18 @@ def run(
     if not results:
         raise WakeModelError("None of the images could be read; see the lines above.")
     predictions, notes = _add_geo_fields(
-        [prediction for prediction, _ in results], crs, platforms, nearest_count, within_km,
+        [prediction for prediction, _ in results],
+        crs,
+        platforms,
+        nearest_count,
+        within_km,
         requested=requested,
     )
     return InferenceReport(
-        model=_model_name(model), tta=tta, predictions=predictions, notes=notes,
+        model=_model_name(model),
+        tta=tta,
+        predictions=predictions,
+        notes=notes,
         inputs=[item for _, item in results],
     )
 
@@ -656,7 +666,8 @@ def _model_name(model: Any) -> str:
 
 
 def _read_geo_options(
-    crs: str | None, platforms: str | os.PathLike[str] | Platforms | None,
+    crs: str | None,
+    platforms: str | os.PathLike[str] | Platforms | None,
     within_km: float | None,
 ) -> Platforms | None:
     """Check ``crs`` and read ``platforms`` (a CSV path) before any inference runs."""
@@ -679,8 +690,13 @@ def _read_geo_options(
 
 
 def _add_geo_fields(
-    predictions: list[Prediction], crs: str | None, platforms: Platforms | None,
-    nearest_count: int, within_km: float | None, *, requested: bool,
+    predictions: list[Prediction],
+    crs: str | None,
+    platforms: Platforms | None,
+    nearest_count: int,
+    within_km: float | None,
+    *,
+    requested: bool,
 ) -> tuple[list[Prediction], list[str]]:
     """Geolocate predictions of georeferenced chips; one-line notes for the others.
 
@@ -698,17 +714,16 @@ def _add_geo_fields(
                 dataclasses.replace(prediction, geo=None, geo_note=reason)
                 for prediction, reason in zip(predictions, reasons, strict=True)
             ]
-            return unlocated, [
-                f"No geo fields: no image is georeferenced (e.g. {reasons[0]})"
-            ]
+            return unlocated, [f"No geo fields: no image is georeferenced (e.g. {reasons[0]})"]
     try:
         from wakemodel.georef import geolocate_predictions
     except ImportError:
         return predictions, [
             "No geo fields: rasterio and pyproj are not installed (pip install 'wakemodel[geo]')."
         ]
-    located = geolocate_predictions(predictions, crs=crs, platforms=platforms,
-                                    nearest_count=nearest_count, within_km=within_km)
+    located = geolocate_predictions(
+        predictions, crs=crs, platforms=platforms, nearest_count=nearest_count, within_km=within_km
+    )
     reasons = [prediction.geo_note for prediction in located if prediction.geo_note]
     if reasons and not requested and len(reasons) == len(located):
         return located, [f"No geo fields: no image is georeferenced (e.g. {reasons[0]})"]

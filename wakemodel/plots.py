@@ -76,7 +76,8 @@ def new_figure(
         FIGURE_DPI`` pixels when saved, and its axes as an object array ``[rows, columns]``.
     """
     figure = Figure(
-        figsize=(columns * panel_size_in[0], rows * panel_size_in[1]), dpi=FIGURE_DPI,
+        figsize=(columns * panel_size_in[0], rows * panel_size_in[1]),
+        dpi=FIGURE_DPI,
         layout="constrained",
     )
     axes = figure.subplots(rows, columns, squeeze=False)
@@ -105,13 +106,27 @@ def draw_keypoints(
     if visible[0]:
         vertex_x, vertex_y = keypoints_px[0]
         for end_x, end_y in ends:
-            ax.plot([vertex_x, end_x], [vertex_y, end_y], color=end_color, linewidth=0.6,
-                    linestyle="--" if predicted else "-", alpha=0.5)
-        ax.scatter([vertex_x], [vertex_y], s=60, facecolors="none", edgecolors=vertex_color,
-                   linewidths=1.6, zorder=3)
+            ax.plot(
+                [vertex_x, end_x],
+                [vertex_y, end_y],
+                color=end_color,
+                linewidth=0.6,
+                linestyle="--" if predicted else "-",
+                alpha=0.5,
+            )
+        ax.scatter(
+            [vertex_x],
+            [vertex_y],
+            s=60,
+            facecolors="none",
+            edgecolors=vertex_color,
+            linewidths=1.6,
+            zorder=3,
+        )
     if len(ends):
-        ax.scatter(ends[:, 0], ends[:, 1], s=50, marker="x", color=end_color, linewidths=1.6,
-                   zorder=3)
+        ax.scatter(
+            ends[:, 0], ends[:, 1], s=50, marker="x", color=end_color, linewidths=1.6, zorder=3
+        )
 
 
 def save_figure(figure: Figure, path: str | os.PathLike[str]) -> Path:
@@ -140,7 +155,10 @@ def save_figure(figure: Figure, path: str | os.PathLike[str]) -> Path:
 
 
 def plot_dataset_grid(
-    data_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], *, count: int = 10,
+    data_dir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    count: int = 10,
     columns: int = 5,
 ) -> Path:
     """Plot the first ``count`` chips of a dataset (by name) with their annotated keypoints.
@@ -178,8 +196,14 @@ def plot_dataset_grid(
         figure, axes = new_figure(rows, columns)
         for ax, record in zip(axes.flat, records, strict=False):
             image = normalize_image(read_image(record.image_path))
-            ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
-                      extent=(0, record.width, record.height, 0))
+            ax.imshow(
+                image,
+                cmap="gray",
+                vmin=0.0,
+                vmax=1.0,
+                interpolation="nearest",
+                extent=(0, record.width, record.height, 0),
+            )
             draw_keypoints(ax, record.keypoints_px, record.visible)
             bearing = heading_deg(
                 torch.from_numpy(np.array(record.keypoints_px)),
@@ -193,13 +217,21 @@ def plot_dataset_grid(
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
-        for ax in axes.flat[len(records):]:
+        for ax in axes.flat[len(records) :]:
             ax.set_axis_off()
         handles = [
-            mpl.lines.Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
-                             markeredgecolor=VERTEX_COLOR, label="vertex (vessel)"),
-            mpl.lines.Line2D([], [], marker="x", linestyle="none", color=FAR_END_COLOR,
-                             label="wake far end"),
+            mpl.lines.Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="none",
+                markerfacecolor="none",
+                markeredgecolor=VERTEX_COLOR,
+                label="vertex (vessel)",
+            ),
+            mpl.lines.Line2D(
+                [], [], marker="x", linestyle="none", color=FAR_END_COLOR, label="wake far end"
+            ),
         ]
         figure.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
         return save_figure(figure, out_path)
@@ -210,8 +242,14 @@ def _show_chip(ax: Axes, image: np.ndarray) -> None:
     from wakemodel.preprocess import normalize_image
 
     height, width = image.shape
-    ax.imshow(normalize_image(image), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
-              extent=(0, width, height, 0))
+    ax.imshow(
+        normalize_image(image),
+        cmap="gray",
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="nearest",
+        extent=(0, width, height, 0),
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)
@@ -229,31 +267,67 @@ def _draw_heading(ax: Axes, prediction: Prediction) -> None:
     direction = np.array([math.sin(heading_rad), -math.cos(heading_rad)])
     vertex = np.asarray(prediction.keypoints_px[0], dtype=np.float64)
     far_end = vertex - prediction.wake_length_px * direction
-    ax.plot([far_end[0], vertex[0]], [far_end[1], vertex[1]], color=PREDICTION_COLOR,
-            linewidth=1.4, linestyle=":")
+    ax.plot(
+        [far_end[0], vertex[0]],
+        [far_end[1], vertex[1]],
+        color=PREDICTION_COLOR,
+        linewidth=1.4,
+        linestyle=":",
+    )
     tip = vertex + direction * 0.15 * max(prediction.width, prediction.height)
-    ax.annotate("", xy=(tip[0], tip[1]), xytext=(vertex[0], vertex[1]), zorder=4,
-                arrowprops={"arrowstyle": "-|>", "color": PREDICTION_COLOR, "linewidth": 2.0})
+    ax.annotate(
+        "",
+        xy=(tip[0], tip[1]),
+        xytext=(vertex[0], vertex[1]),
+        zorder=4,
+        arrowprops={"arrowstyle": "-|>", "color": PREDICTION_COLOR, "linewidth": 2.0},
+    )
 
 
 def _prediction_legend(figure: Figure, *, with_truth: bool) -> None:
     """Add a legend below the figure for predicted (and annotated) keypoints."""
     handles = [
-        mpl.lines.Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
-                         markeredgecolor=PREDICTION_COLOR, label="predicted vertex"),
-        mpl.lines.Line2D([], [], marker="x", linestyle="none", color=PREDICTION_COLOR,
-                         label="predicted wake end"),
+        mpl.lines.Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="none",
+            markerfacecolor="none",
+            markeredgecolor=PREDICTION_COLOR,
+            label="predicted vertex",
+        ),
+        mpl.lines.Line2D(
+            [], [], marker="x", linestyle="none", color=PREDICTION_COLOR, label="predicted wake end"
+        ),
         mpl.lines.Line2D([], [], color=PREDICTION_COLOR, marker=">", label="heading"),
     ]
     if with_truth:
         handles[:0] = [
-            mpl.lines.Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
-                             markeredgecolor=VERTEX_COLOR, label="annotated vertex"),
-            mpl.lines.Line2D([], [], marker="x", linestyle="none", color=FAR_END_COLOR,
-                             label="annotated wake end"),
+            mpl.lines.Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="none",
+                markerfacecolor="none",
+                markeredgecolor=VERTEX_COLOR,
+                label="annotated vertex",
+            ),
+            mpl.lines.Line2D(
+                [],
+                [],
+                marker="x",
+                linestyle="none",
+                color=FAR_END_COLOR,
+                label="annotated wake end",
+            ),
         ]
-    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles),
-                  frameon=False, fontsize="small")
+    figure.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=len(handles),
+        frameon=False,
+        fontsize="small",
+    )
 
 
 def _prediction_panel(
@@ -348,9 +422,10 @@ def plot_prediction_grid(
             draw_keypoints(ax, prediction.keypoints_px, prediction.visible, predicted=True)
             _draw_heading(ax, prediction)
             name = Path(prediction.source).name if prediction.source else ""
-            ax.set_title(f"{name}\npredicted heading {prediction.heading_deg:.0f}°",
-                         fontsize="small")
-        for ax in axes.flat[len(images):]:
+            ax.set_title(
+                f"{name}\npredicted heading {prediction.heading_deg:.0f}°", fontsize="small"
+            )
+        for ax in axes.flat[len(images) :]:
             ax.set_axis_off()
         _prediction_legend(figure, with_truth=True)
         return save_figure(figure, out_path)
@@ -378,20 +453,33 @@ def plot_error_distributions(
         ``out_path``; the image is 1000 by 400 pixels.
     """
     panels = (
-        (np.asarray(vertex_error_frac, dtype=np.float64) * 100.0, vertex_threshold_frac * 100.0,
-         "vertex error (% of wake length)", "%"),
-        (np.asarray(heading_error_deg, dtype=np.float64), heading_threshold_deg,
-         "heading error (degrees)", "°"),
+        (
+            np.asarray(vertex_error_frac, dtype=np.float64) * 100.0,
+            vertex_threshold_frac * 100.0,
+            "vertex error (% of wake length)",
+            "%",
+        ),
+        (
+            np.asarray(heading_error_deg, dtype=np.float64),
+            heading_threshold_deg,
+            "heading error (degrees)",
+            "°",
+        ),
     )
     with _figure_style():
         figure, axes = new_figure(1, 2, panel_size_in=(5.0, 4.0))
         for ax, (values, threshold, label, unit) in zip(axes.flat, panels, strict=True):
             finite = values[np.isfinite(values)]
             if finite.size:
-                sns.histplot(x=finite, ax=ax, bins=min(30, max(5, finite.size // 3)),
-                             color=_PALETTE[0])
-            ax.axvline(threshold, color=VERTEX_COLOR, linestyle="--",
-                       label=f"published bound {threshold:g}{unit}")
+                sns.histplot(
+                    x=finite, ax=ax, bins=min(30, max(5, finite.size // 3)), color=_PALETTE[0]
+                )
+            ax.axvline(
+                threshold,
+                color=VERTEX_COLOR,
+                linestyle="--",
+                label=f"published bound {threshold:g}{unit}",
+            )
             share = float(np.mean(finite < threshold)) if finite.size else math.nan
             ax.set_title(f"{share:.0%} of {finite.size} chips under {threshold:g}{unit}")
             ax.set_xlabel(label)
@@ -424,9 +512,7 @@ def find_metrics_csv(run: str | os.PathLike[str]) -> Path:
     return found[-1]
 
 
-def plot_training_history(
-    run: str | os.PathLike[str], out_path: str | os.PathLike[str]
-) -> Path:
+def plot_training_history(run: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> Path:
     """Plot train/val loss and each validation metric per epoch of a training run.
 
     Lightning's CSVLogger writes training and validation values on separate
@@ -460,7 +546,8 @@ def plot_training_history(
         )
     per_epoch = log.groupby("epoch").mean(numeric_only=True)
     metric_columns = [
-        name for name in per_epoch.columns
+        name
+        for name in per_epoch.columns
         if name.startswith("val") and "loss" not in name and per_epoch[name].notna().any()
     ]
     panel_count = 1 + len(metric_columns)
@@ -561,10 +648,23 @@ def _draw_north_arrow(ax: Axes, georef: GeoReference) -> None:
     direction = np.array([math.sin(bearing), -math.cos(bearing)])
     tip = base + 0.1 * side * direction
     label = tip + 0.04 * side * direction
-    ax.annotate("", xy=(tip[0], tip[1]), xytext=(base[0], base[1]), zorder=5,
-                arrowprops={"arrowstyle": "-|>", "color": "white", "linewidth": 1.5})
-    ax.text(label[0], label[1], "N", color="white", fontweight="bold", ha="center",
-            va="center", zorder=5)
+    ax.annotate(
+        "",
+        xy=(tip[0], tip[1]),
+        xytext=(base[0], base[1]),
+        zorder=5,
+        arrowprops={"arrowstyle": "-|>", "color": "white", "linewidth": 1.5},
+    )
+    ax.text(
+        label[0],
+        label[1],
+        "N",
+        color="white",
+        fontweight="bold",
+        ha="center",
+        va="center",
+        zorder=5,
+    )
 
 
 def _draw_scale_bar(ax: Axes, georef: GeoReference) -> None:
@@ -575,36 +675,71 @@ def _draw_scale_bar(ax: Axes, georef: GeoReference) -> None:
     length_m = max((step for step in steps if step <= longest_m), default=1)
     length_px = length_m / pixel_m
     right, y = 0.95 * georef.width, 0.93 * georef.height
-    ax.plot([right - length_px, right], [y, y], color="white", linewidth=3, zorder=5,
-            solid_capstyle="butt")
+    ax.plot(
+        [right - length_px, right],
+        [y, y],
+        color="white",
+        linewidth=3,
+        zorder=5,
+        solid_capstyle="butt",
+    )
     label = f"{length_m / 1000:g} km" if length_m >= 1000 else f"{length_m:g} m"
-    ax.text(right - length_px / 2, y - 0.03 * georef.height, label, color="white",
-            ha="center", va="bottom", fontsize="x-small", zorder=5)
+    ax.text(
+        right - length_px / 2,
+        y - 0.03 * georef.height,
+        label,
+        color="white",
+        ha="center",
+        va="bottom",
+        fontsize="x-small",
+        zorder=5,
+    )
 
 
 def _draw_platform_direction(
     ax: Axes, georef: GeoReference, vertex: np.ndarray, platform: PlatformApproach
 ) -> None:
     """Draw a dashed arrow from the vessel towards a platform, labelled with name and km."""
-    platform_x, platform_y = (float(value) for value in georef.lonlat_to_pixel(platform.lon,
-                                                                              platform.lat))
+    platform_x, platform_y = (
+        float(value) for value in georef.lonlat_to_pixel(platform.lon, platform.lat)
+    )
     on_chip = 0.0 <= platform_x <= georef.width and 0.0 <= platform_y <= georef.height
     if on_chip:
         end = np.array([platform_x, platform_y])
         ax.scatter([platform_x], [platform_y], marker="^", s=70, color=PLATFORM_COLOR, zorder=4)
     else:
-        bearing = math.radians(float(georef.image_bearing_deg(vertex[0], vertex[1],
-                                                              platform.bearing_deg)))
+        bearing = math.radians(
+            float(georef.image_bearing_deg(vertex[0], vertex[1], platform.bearing_deg))
+        )
         direction = np.array([math.sin(bearing), -math.cos(bearing)])
         bounds = np.array([georef.width, georef.height], dtype=np.float64)
         with np.errstate(divide="ignore"):
-            to_edge = np.where(direction > 0, (bounds - vertex) / direction,
-                               np.where(direction < 0, -vertex / direction, np.inf))
+            to_edge = np.where(
+                direction > 0,
+                (bounds - vertex) / direction,
+                np.where(direction < 0, -vertex / direction, np.inf),
+            )
         end = vertex + direction * float(to_edge.min())
-    ax.annotate("", xy=(end[0], end[1]), xytext=(vertex[0], vertex[1]), zorder=4,
-                arrowprops={"arrowstyle": "-|>", "color": PLATFORM_COLOR, "linewidth": 1.4,
-                            "linestyle": "--"})
-    ax.text(end[0], end[1], f"{platform.name}\n{platform.distance_km:.1f} km",
-            color=PLATFORM_COLOR, fontsize="x-small", fontweight="bold", zorder=5,
-            ha="right" if end[0] > 0.5 * georef.width else "left",
-            va="bottom" if end[1] > 0.5 * georef.height else "top")
+    ax.annotate(
+        "",
+        xy=(end[0], end[1]),
+        xytext=(vertex[0], vertex[1]),
+        zorder=4,
+        arrowprops={
+            "arrowstyle": "-|>",
+            "color": PLATFORM_COLOR,
+            "linewidth": 1.4,
+            "linestyle": "--",
+        },
+    )
+    ax.text(
+        end[0],
+        end[1],
+        f"{platform.name}\n{platform.distance_km:.1f} km",
+        color=PLATFORM_COLOR,
+        fontsize="x-small",
+        fontweight="bold",
+        zorder=5,
+        ha="right" if end[0] > 0.5 * georef.width else "left",
+        va="bottom" if end[1] > 0.5 * georef.height else "top",
+    )

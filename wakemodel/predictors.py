@@ -207,7 +207,10 @@ class OnnxPredictor:
             )
         self.image_size = image_size
         self.metadata: dict[str, Any] = {
-            **properties, "format": "onnx", "path": str(self.path), "image_size": self.image_size,
+            **properties,
+            "format": "onnx",
+            "path": str(self.path),
+            "image_size": self.image_size,
         }
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

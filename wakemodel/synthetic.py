@@ -54,6 +54,7 @@ TWO_POINT_FRACTION = 0.2
 CLOUD_FRACTION = 0.2
 """Share of chips with cloud patches."""
 
+
 @dataclass(frozen=True, eq=False)
 class SyntheticChip:
     """One rendered chip and its annotation.
@@ -103,7 +104,10 @@ def _sigmoid(values: np.ndarray) -> np.ndarray:
 
 
 def _spectral_field(
-    rng: np.random.Generator, height: int, width: int, slope: float,
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    slope: float,
     swell: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
     """Random field with a power-law spectrum, optionally plus a directional swell band.
@@ -144,9 +148,7 @@ def _spectral_field(
     return (field / (field.std() or 1.0)).astype(np.float32)
 
 
-def _segment_distance(
-    rel_x: np.ndarray, rel_y: np.ndarray, offsets: np.ndarray
-) -> np.ndarray:
+def _segment_distance(rel_x: np.ndarray, rel_y: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Distance (pixels) ``[H, W]`` from each pixel to the nearest vertex-to-end segment.
 
     Args:
@@ -193,8 +195,9 @@ def _layout(rng: np.random.Generator, width: int, height: int, course_deg: float
     """Draw the wake kind and lengths and place the vertex so every end fits inside the chip."""
     backward = -_unit(course_deg)
     half_angle = KELVIN_HALF_ANGLE_DEG
-    arm_dirs = np.stack([_unit(course_deg + 180.0 + half_angle),
-                         _unit(course_deg + 180.0 - half_angle)])
+    arm_dirs = np.stack(
+        [_unit(course_deg + 180.0 + half_angle), _unit(course_deg + 180.0 - half_angle)]
+    )
     if rng.random() < TWO_POINT_FRACTION:
         wake_kind = "single_arm" if rng.random() < 0.5 else "turbulent"
     else:
@@ -221,8 +224,16 @@ def _layout(rng: np.random.Generator, width: int, height: int, course_deg: float
     low = margin - np.minimum(annotated.min(axis=0), 0.0)
     high = np.array([width, height]) - margin - np.maximum(annotated.max(axis=0), 0.0)
     vertex = rng.uniform(low, np.maximum(high, low))
-    return _WakeLayout(vertex, backward, arm_dirs, arm_lengths * scale, arm_drawn,
-                       turbulent_px * scale, annotated, wake_kind)
+    return _WakeLayout(
+        vertex,
+        backward,
+        arm_dirs,
+        arm_lengths * scale,
+        arm_drawn,
+        turbulent_px * scale,
+        annotated,
+        wake_kind,
+    )
 
 
 def _draw_wake(
@@ -284,10 +295,17 @@ def _draw_wake(
         rng.uniform(0.01, 0.05)
     ) * np.maximum(along_back, 0.0)
     turbulent_fade = float(rng.uniform(0.3, 0.7))
-    wake += np.float32(turbulent_amplitude) * np.exp(-0.5 * (across / turbulent_width) ** 2) * (
-        (1.0 - np.float32(turbulent_fade / turbulent_px) * np.clip(along_back, 0.0, turbulent_px))
-        * _sigmoid((np.float32(turbulent_px) - along_back) / np.float32(1.5))
-        * _sigmoid(along_back / np.float32(1.5))
+    wake += (
+        np.float32(turbulent_amplitude)
+        * np.exp(-0.5 * (across / turbulent_width) ** 2)
+        * (
+            (
+                1.0
+                - np.float32(turbulent_fade / turbulent_px) * np.clip(along_back, 0.0, turbulent_px)
+            )
+            * _sigmoid((np.float32(turbulent_px) - along_back) / np.float32(1.5))
+            * _sigmoid(along_back / np.float32(1.5))
+        )
     )
     # The vessel: a small blob elongated along the track, brighter than anything around it.
     vessel_length = float(rng.uniform(1.0, 2.0))
@@ -296,8 +314,8 @@ def _draw_wake(
         rng.uniform(5.0, 9.0)
     )
     wake += np.float32(vessel_amplitude) * np.exp(
-        -0.5 * ((along_back / np.float32(vessel_length)) ** 2
-                + (across / np.float32(vessel_width)) ** 2)
+        -0.5
+        * ((along_back / np.float32(vessel_length)) ** 2 + (across / np.float32(vessel_width)) ** 2)
     )
     return wake, vessel_amplitude
 
@@ -338,8 +356,11 @@ def render_chip(rng: np.random.Generator, width: int, height: int) -> SyntheticC
     wake, vessel_amplitude = _draw_wake(rng, layout, rel_x[:, cols], rel_y[rows])
 
     diagonal = math.hypot(width, height)
-    swell = (float(rng.uniform(6.0, 25.0)), float(rng.uniform(0.0, 360.0)),
-             float(rng.uniform(0.0, 0.12)))
+    swell = (
+        float(rng.uniform(6.0, 25.0)),
+        float(rng.uniform(0.0, 360.0)),
+        float(rng.uniform(0.0, 0.12)),
+    )
     sea = _spectral_field(rng, height, width, slope=float(rng.uniform(1.6, 2.8)), swell=swell)
     image = np.float32(rng.uniform(0.3, 1.1)) * sea
     image[rows, cols] += wake
@@ -370,7 +391,8 @@ def render_chip(rng: np.random.Generator, width: int, height: int) -> SyntheticC
     around_vessel = image[rows, cols][(distance_sq > 9.0) & (distance_sq < 144.0)]
     top_value = max(float(around_vessel.max()), high_value + 1e-3)
     levels = np.interp(
-        image, [low_value, high_value, top_value, top_value + 0.25 * (top_value - low_value)],
+        image,
+        [low_value, high_value, top_value, top_value + 0.25 * (top_value - low_value)],
         [0.0, 225.0, 232.0, 255.0],
     )
     pixels = np.rint(levels).astype(np.uint8)
@@ -399,8 +421,9 @@ def _write_chip(
         transform, crs = north_sea_transform(georef_rng)
         write_geotiff(root / "imgs" / f"{name}.tif", chip.image, transform, crs)
     else:
-        Image.fromarray(chip.image).save(root / "imgs" / f"{name}.png", format="PNG",
-                                         compress_level=1)
+        Image.fromarray(chip.image).save(
+            root / "imgs" / f"{name}.png", format="PNG", compress_level=1
+        )
     (root / "annotations" / f"{name}.json").write_text(
         json.dumps({"tooltips": chip.tooltips}), encoding="utf-8"
     )
@@ -423,8 +446,14 @@ def _write_chips(
 
 
 def generate_dataset(
-    out_dir: str | os.PathLike[str], count: int, seed: int, *, min_size: int = 200,
-    max_size: int = 900, workers: int = 1, geotiff: bool = False,
+    out_dir: str | os.PathLike[str],
+    count: int,
+    seed: int,
+    *,
+    min_size: int = 200,
+    max_size: int = 900,
+    workers: int = 1,
+    geotiff: bool = False,
 ) -> Path:
     """Write ``count`` synthetic chips in the real dataset's layout.
 
@@ -477,8 +506,9 @@ def generate_dataset(
             bounds = np.linspace(0, count, workers + 1).astype(int)
             with ProcessPoolExecutor(workers) as pool:
                 jobs = [
-                    pool.submit(_write_chips, staging, range(start, stop), seed, min_size,
-                                max_size, geotiff)
+                    pool.submit(
+                        _write_chips, staging, range(start, stop), seed, min_size, max_size, geotiff
+                    )
                     for start, stop in itertools.pairwise(bounds)
                 ]
                 for job in jobs:

@@ -79,7 +79,10 @@ LOG_EVERY_N_STEPS = 10
 """The training loss is logged every this many steps (once per epoch for shorter epochs)."""
 
 _LIGHTNING_LOGGERS = (
-    "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"
+    "pytorch_lightning",
+    "lightning.pytorch",
+    "lightning_fabric",
+    "lightning.fabric",
 )
 """Loggers whose INFO lines (GPU/TPU availability, tips, fit-stopped notes) are hidden."""
 
@@ -287,7 +290,8 @@ class WakeProgressBar(RichProgressBar):
     ) -> dict[str, int | str | float | dict[str, float]]:
         """Return the items shown beside the bar (short names, 3 significant digits)."""
         items = {
-            name: value for name, value in super().get_metrics(trainer, pl_module).items()
+            name: value
+            for name, value in super().get_metrics(trainer, pl_module).items()
             if name != "v_num" and name not in self.DISPLAYED
         }
         for name, short in self.DISPLAYED.items():
@@ -500,7 +504,8 @@ def _scale_batch_size(
     if device.accelerator != "cuda":
         logger.warning(
             "--auto-batch-size needs a CUDA GPU (device: %s); keeping --batch-size %d.",
-            device.accelerator, datamodule.batch_size,
+            device.accelerator,
+            datamodule.batch_size,
         )
         return
     from pytorch_lightning.tuner import Tuner
@@ -537,7 +542,10 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
     logger.info("Device: %s", device.description)
     logger.info(
         "Versions: torch %s, CUDA %s, cuDNN %s, Lightning %s",
-        env["torch"], env["cuda"], env["cudnn"], env["lightning"],
+        env["torch"],
+        env["cuda"],
+        env["cudnn"],
+        env["lightning"],
     )
     budget = (
         TimeBudget(parse_duration_s(config.max_time), config.epochs)
@@ -643,10 +651,12 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
     metrics_path = run_dir / "metrics.csv" if loggers else None
     return TrainResult(
         best_checkpoint=Path(best_callback.best_model_path)
-        if writes and best_callback.best_model_path else None,
+        if writes and best_callback.best_model_path
+        else None,
         # An unmonitored ModelCheckpoint's "best" is its latest file.
         last_checkpoint=Path(last_callback.best_model_path)
-        if writes and last_callback.best_model_path else None,
+        if writes and last_callback.best_model_path
+        else None,
         best_epoch=best_epoch,
         best_metrics=recorder.history.get(best_epoch, {}) if best_epoch is not None else {},
         run_dir=run_dir if writes else None,
