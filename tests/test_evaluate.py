@@ -173,3 +173,26 @@ def test_cli_evaluate_missing_data(tiny_checkpoint: Path, tmp_path: Path) -> Non
     result = CliRunner().invoke(main, ["evaluate", str(tiny_checkpoint), str(tmp_path / "none")])
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_plot_worst_chips_orders_by_heading_error(
+    known_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wakemodel.plots
+
+    shown: dict[str, object] = {}
+
+    def capture(images, predictions, truth, visible, path, **kwargs):
+        shown["names"] = [Path(p.source).stem for p in predictions]
+        shown["errors"] = kwargs["heading_errors_deg"]
+        return Path(path)
+
+    monkeypatch.setattr(wakemodel.plots, "plot_prediction_grid", capture)
+    report = evaluate(ShiftedTruthPredictor(), known_dataset)
+    report.plot_predictions(tmp_path / "worst.png", count=3, worst=True)
+    # Heading errors: chip1 26.6°, chip0 14.0°, chip2 7.1°, chip3 2.9° (see _expected).
+    assert shown["names"] == ["chip1", "chip0", "chip2"]
+    expected = [_expected(*CHIP_SIZES[i])["heading_error_deg"] for i in (1, 0, 2)]
+    assert shown["errors"] == pytest.approx(expected)
+    report.plot_predictions(tmp_path / "first.png", count=2)
+    assert shown["names"] == ["chip0", "chip1"]

@@ -314,12 +314,18 @@ def plot_history_command(run: Path, out: Path) -> None:
     show_default=True,
     help="Number of chips shown (the first ones by name).",
 )
+@click.option(
+    "--worst",
+    is_flag=True,
+    help="Show the COUNT chips with the largest heading errors (evaluates every chip).",
+)
 @_prediction_options
 def plot_predictions_command(
     model: Path,
     data_dir: Path,
     out: Path,
     count: int,
+    worst: bool,
     accelerator: str,
     batch_size: int,
     tta: bool,
@@ -335,9 +341,9 @@ def plot_predictions_command(
         tta=tta,
         gsd_m=gsd_m,
         accelerator=accelerator,
-        limit=count,
+        limit=None if worst else count,
     )
-    click.echo(f"Saved {report.plot_predictions(out, count=count)}")
+    click.echo(f"Saved {report.plot_predictions(out, count=count, worst=worst)}")
 
 
 @plot.command("errors")

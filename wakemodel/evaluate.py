@@ -119,12 +119,16 @@ class EvaluationReport:
         )
         return "\n".join(lines)
 
-    def plot_predictions(self, path: str | os.PathLike[str], count: int = 12) -> Path:
-        """Save a grid of the first ``count`` chips with ground truth and predictions.
+    def plot_predictions(
+        self, path: str | os.PathLike[str], count: int = 12, *, worst: bool = False
+    ) -> Path:
+        """Save a grid of chips with ground truth, predictions and heading errors.
 
         Args:
             path: Output image file.
             count: Number of chips shown.
+            worst: Show the chips with the largest heading errors (undefined
+                errors first) instead of the first ones in dataset order.
 
         Returns:
             The written path.
@@ -132,14 +136,19 @@ class EvaluationReport:
         from wakemodel.plots import plot_prediction_grid
         from wakemodel.preprocess import read_image
 
-        shown = min(count, len(self.predictions))
-        images = [read_image(Path(p.source)) for p in self.predictions[:shown]]
+        heading_errors = self.errors["heading_error_deg"]
+        if worst:
+            order = np.argsort(-np.nan_to_num(heading_errors, nan=np.inf), kind="stable")
+        else:
+            order = np.arange(len(self.predictions))
+        shown = order[: min(count, len(self.predictions))]
         return plot_prediction_grid(
-            images,
-            self.predictions[:shown],
-            self.target_keypoints_px[:shown],
-            self.target_visible[:shown],
+            [read_image(Path(self.predictions[i].source)) for i in shown],
+            [self.predictions[i] for i in shown],
+            self.target_keypoints_px[shown],
+            self.target_visible[shown],
             path,
+            heading_errors_deg=[float(heading_errors[i]) for i in shown],
         )
 
     def plot_errors(self, path: str | os.PathLike[str]) -> Path:

@@ -391,6 +391,7 @@ def plot_prediction_grid(
     out_path: str | os.PathLike[str],
     *,
     columns: int = 4,
+    heading_errors_deg: Sequence[float] | None = None,
 ) -> Path:
     """Plot chips with their annotated and predicted keypoints and predicted headings.
 
@@ -401,6 +402,7 @@ def plot_prediction_grid(
         target_visible: Annotated visibility bool ``[N, 3]``.
         out_path: Output image file.
         columns: Panels per row (at most the number of chips).
+        heading_errors_deg: Optional heading error per chip (degrees), shown in its title.
 
     Returns:
         ``out_path``; the image is ``columns' * 300`` by ``rows * 300`` pixels.
@@ -414,17 +416,25 @@ def plot_prediction_grid(
     rows = math.ceil(len(images) / columns)
     with _figure_style():
         figure, axes = new_figure(rows, columns)
-        for ax, image, prediction, truth, truth_visible in zip(
-            axes.flat, images, predictions, target_keypoints_px, target_visible, strict=False
+        errors = [math.nan] * len(images) if heading_errors_deg is None else heading_errors_deg
+        for ax, image, prediction, truth, truth_visible, error_deg in zip(
+            axes.flat,
+            images,
+            predictions,
+            target_keypoints_px,
+            target_visible,
+            errors,
+            strict=False,
         ):
             _show_chip(ax, image)
             draw_keypoints(ax, truth, truth_visible)
             draw_keypoints(ax, prediction.keypoints_px, prediction.visible, predicted=True)
             _draw_heading(ax, prediction)
             name = Path(prediction.source).name if prediction.source else ""
-            ax.set_title(
-                f"{name}\npredicted heading {prediction.heading_deg:.0f}°", fontsize="small"
-            )
+            title = f"{name}\npredicted heading {prediction.heading_deg:.0f}°"
+            if not math.isnan(error_deg):
+                title += f", error {error_deg:.0f}°"
+            ax.set_title(title, fontsize="small")
         for ax in axes.flat[len(images) :]:
             ax.set_axis_off()
         _prediction_legend(figure, with_truth=True)
