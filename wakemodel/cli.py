@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from wakemodel import __version__
+from wakemodel.config import DEMO_EPOCHS, DEMO_IMAGE_SIZE
 from wakemodel.devices import ACCELERATORS, available_cores
 from wakemodel.download import API_URL
 from wakemodel.errors import WakeModelError, first_line
@@ -752,12 +753,16 @@ def nearest_command(
     "train/ (config.yaml, metrics.csv, checkpoints/).",
 )
 @click.option(
-    "--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Training epochs."
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=DEMO_EPOCHS,
+    show_default=True,
+    help="Training epochs.",
 )
 @click.option(
     "--image-size",
     type=click.IntRange(min=32),
-    default=96,
+    default=DEMO_IMAGE_SIZE,
     show_default=True,
     help="Network input side in pixels.",
 )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wakemodel._io import atomic_write_text
+from wakemodel.config import DEMO_EPOCHS, DEMO_IMAGE_SIZE, MODEL_DEFAULTS
 from wakemodel.evaluate import EvaluationReport, evaluate
 from wakemodel.infer import Prediction, predict
 from wakemodel.plots import plot_prediction, plot_training_history
@@ -65,9 +66,9 @@ def run_demo(
     *,
     count: int = 600,
     holdout_count: int = 48,
-    epochs: int = 30,
-    lr: float = 2e-3,
-    image_size: int = 96,
+    epochs: int = DEMO_EPOCHS,
+    lr: float = MODEL_DEFAULTS.lr,
+    image_size: int = DEMO_IMAGE_SIZE,
     batch_size: int = 16,
     seed: int = 0,
     accelerator: str = "cpu",
