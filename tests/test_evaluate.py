@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,19 @@ def test_find_training_log(tmp_path: Path) -> None:
     assert find_training_log(checkpoint) is None
     (tmp_path / "run" / "metrics.csv").write_text("epoch,val/loss\n0,1.0\n")
     assert find_training_log(checkpoint) == tmp_path / "run" / "metrics.csv"
+
+
+def test_find_training_log_follows_the_checkpoint_stamp(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    # The fixture writes checkpoints outside the run folder: only the stamp leads to the log.
+    expected = tiny_checkpoint.parent.parent / "runs" / "tiny" / "metrics.csv"
+    assert expected.is_file()
+    moved = tmp_path / "elsewhere" / "model.ckpt"
+    moved.parent.mkdir()
+    shutil.copy(tiny_checkpoint, moved)
+    assert find_training_log(moved) == expected
+    assert find_training_log(tmp_path / "not-a-model.onnx") is None
 
 
 def test_cli_evaluate_json_and_plots(

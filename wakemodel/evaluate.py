@@ -302,20 +302,41 @@ def evaluate(
 
 
 def find_training_log(checkpoint: str | os.PathLike[str]) -> Path | None:
-    """Find the ``metrics.csv`` of the run that wrote ``checkpoint``, if it lies beside it.
+    """Find the ``metrics.csv`` of the run that wrote ``checkpoint``.
 
-    Looks in the checkpoint's folder and its parent only (``train`` keeps logs in
-    ``runs/NAME/`` and checkpoints in ``checkpoints/`` by default, so pass the
-    run folder explicitly there).
+    A checkpoint written by ``train`` records its run folder
+    (``checkpoint["wakemodel_run_dir"]``); that folder's ``metrics.csv`` is
+    used when it exists. Otherwise (a moved or older checkpoint, an ONNX file)
+    the checkpoint's folder and its parent are searched, which finds
+    ``runs/NAME/metrics.csv`` for ``runs/NAME/checkpoints/*.ckpt``.
 
     Args:
-        checkpoint: Checkpoint file.
+        checkpoint: Checkpoint (or model) file.
 
     Returns:
         The CSV path, or None when there is none.
     """
-    folder = Path(checkpoint).parent
-    for candidate in (folder / "metrics.csv", folder.parent / "metrics.csv"):
-        if candidate.is_file():
-            return candidate
-    return None
+    path = Path(checkpoint)
+    candidates = []
+    recorded = _recorded_run_dir(path)
+    if recorded is not None:
+        candidates.append(recorded / "metrics.csv")
+    candidates += [path.parent / "metrics.csv", path.parent.parent / "metrics.csv"]
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
+
+
+def _recorded_run_dir(checkpoint: Path) -> Path | None:
+    """The run folder stamped into a ``train`` checkpoint, or None (not a readable checkpoint)."""
+    if checkpoint.suffix.lower() != ".ckpt" or not checkpoint.is_file():
+        return None
+    import pickle
+
+    import torch
+
+    try:
+        stamp = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get(
+            "wakemodel_run_dir"
+        )
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError):
+        return None
+    return None if stamp is None else Path(stamp)
