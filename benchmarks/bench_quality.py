@@ -9,6 +9,8 @@ run ever trained on:
   and Lightning stops the run when the time is up, wherever the learning rate is.
 - ``fitted``: ``train --max-time`` with the schedule fitted to the budget
   (:class:`wakemodel.budget.TimeBudget`): the epochs that fit, annealed at the end.
+- ``fitted+axis`` (``--recipes``): ``fitted`` plus the wake-axis loss
+  (``--heading-weight 0.1``, :func:`wakemodel.losses.wake_axis_loss`).
 
 For each budget (``--minutes``, default 5 10 15) and recipe it prints the heading
 error's median, mean and p90 (degrees), the share of chips more than 90 degrees
@@ -36,13 +38,15 @@ from wakemodel.evaluate import evaluate
 from wakemodel.synthetic import generate_dataset
 from wakemodel.train import TrainConfig, train
 
-RECIPES = ("cut", "fitted")
+RECIPES = ("cut", "fitted", "fitted+axis")
+AXIS_WEIGHT = 0.1
+"""``heading_weight`` of the ``fitted+axis`` recipe."""
 
 
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0, 15.0])
-    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES[:2]))
     parser.add_argument("--train-count", type=int, default=600)
     parser.add_argument("--eval-count", type=int, default=200)
     parser.add_argument("--train-seed", type=int, default=0)
@@ -79,7 +83,8 @@ def _run(recipe: str, minutes: float, train_dir: Path, eval_dir: Path, seed: int
                 progress_bar=False,
                 run_dir=Path(folder),
                 run_name=recipe,
-                fit_schedule_to_time=recipe == "fitted",
+                fit_schedule_to_time=recipe != "cut",
+                heading_weight=AXIS_WEIGHT if recipe == "fitted+axis" else 0.0,
             )
         )
         wall_s = time.monotonic() - start

@@ -114,3 +114,37 @@ def test_heatmap_loss_is_lowest_at_the_target_and_ignores_invisible_slots() -> N
     good = torch.stack([at_target, uniform[0, 1].detach(), torch.randn(9, 9)])[None]
     bad = torch.stack([elsewhere, uniform[0, 1].detach(), torch.randn(9, 9)])[None]
     assert heatmap_loss(good, targets, visible) < uniform_loss < heatmap_loss(bad, targets, visible)
+
+
+def test_wake_axis_loss_measures_the_heading_direction() -> None:
+    from wakemodel.losses import wake_axis_loss
+
+    target = torch.tensor([[[10.0, 10.0], [10.0, 30.0], [0.0, 0.0]]])  # heading north
+    visible = torch.tensor([[True, True, False]])
+    same = target.clone()
+    reversed_ = torch.tensor([[[10.0, 30.0], [10.0, 10.0], [5.0, 5.0]]])
+    east = torch.tensor([[[30.0, 30.0], [10.0, 30.0], [0.0, 0.0]]])
+    assert wake_axis_loss(same, target, visible).item() == pytest.approx(0.0, abs=1e-6)
+    assert wake_axis_loss(reversed_, target, visible).item() == pytest.approx(2.0)
+    assert wake_axis_loss(east, target, visible).item() == pytest.approx(1.0)
+
+
+def test_wake_axis_loss_ignores_undefined_axes_and_invisible_garbage() -> None:
+    from wakemodel.losses import wake_axis_loss
+
+    target = torch.tensor(
+        [
+            [[10.0, 10.0], [10.0, 30.0], [float("nan"), float("nan")]],
+            [[5.0, 5.0], [float("nan"), 1.0], [float("nan"), 2.0]],  # no visible end
+        ]
+    )
+    visible = torch.tensor([[True, True, False], [True, False, False]])
+    pred = torch.tensor(
+        [[[10.0, 30.0], [10.0, 10.0], [3.0, 3.0]], [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]],
+        requires_grad=True,
+    )
+    loss = wake_axis_loss(pred, target, visible)
+    assert loss.item() == pytest.approx(2.0)  # only the first (reversed) sample counts
+    loss.backward()
+    assert torch.isfinite(pred.grad).all()
+    assert torch.all(pred.grad[1] == 0)

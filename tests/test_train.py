@@ -249,6 +249,7 @@ def test_train_options_are_generated_from_the_config() -> None:
         "--lr",
         "--weight-decay",
         "--warmup-epochs",
+        "--heading-weight",
         "--seed",
         "--accelerator",
         "--precision",

@@ -47,6 +47,7 @@ class ModelDefaults:
         warmup_epochs: Linear learning-rate warm-up in epochs.
         epochs: Training epochs (the length of the learning-rate schedule).
         dropout: Dropout probability before the visibility head.
+        heading_weight: Weight of the wake-axis (heading) loss; 0 turns it off.
     """
 
     image_size: int = 224
@@ -55,6 +56,7 @@ class ModelDefaults:
     warmup_epochs: float = 1.0
     epochs: int = 100
     dropout: float = 0.2
+    heading_weight: float = 0.0
 
 
 MODEL_DEFAULTS = ModelDefaults()
@@ -143,6 +145,14 @@ class TrainConfig:
     warmup_epochs: float = field(
         default=MODEL_DEFAULTS.warmup_epochs,
         metadata=_cli("Linear learning-rate warm-up in epochs (may be fractional).", min=0),
+    )
+    heading_weight: float = field(
+        default=MODEL_DEFAULTS.heading_weight,
+        metadata=_cli(
+            "Weight of the wake-axis loss (1 - cosine between the predicted and true "
+            "vertex-minus-far-end directions; 0: off).",
+            min=0,
+        ),
     )
     gradient_clip_val: float | None = field(
         default=1.0,

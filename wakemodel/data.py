@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from wakemodel.devices import available_cores
 from wakemodel.errors import InputError, WakeModelError
 from wakemodel.keypoints import NUM_KEYPOINTS
 from wakemodel.preprocess import IMAGE_ERRORS, IMAGE_EXTENSIONS, check_image_size, load_image
@@ -238,13 +239,6 @@ def scan_dataset(root: str | os.PathLike[str]) -> list[WakeRecord]:
     return records
 
 
-def _available_cores() -> int:
-    """CPU cores this process may use."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _default_num_workers() -> int:
     """Data loader workers: one fewer than the cores, at most 4 (0 on a single core).
 
@@ -253,7 +247,7 @@ def _default_num_workers() -> int:
     other load), one worker process (single-threaded) 6.5 ms per chip; the
     cached images make a worker otherwise cheap.
     """
-    return min(4, _available_cores() - 1)
+    return min(4, available_cores() - 1)
 
 
 class WakeDataset(Dataset[dict[str, torch.Tensor]]):
@@ -314,7 +308,7 @@ class WakeDataset(Dataset[dict[str, torch.Tensor]]):
                 logger.warning("Skipping %s: unreadable image (%s)", record.image_path, error)
                 return None
 
-        workers = min(4, _available_cores(), max(1, len(records)))
+        workers = min(4, available_cores(), max(1, len(records)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(decode, records))
 

@@ -191,3 +191,36 @@ def heatmap_loss(
     log_probs = heatmap_logits.float().flatten(2).log_softmax(dim=-1)
     cross_entropy = -(target_maps.flatten(2) * log_probs).sum(dim=-1)
     return (cross_entropy * visible).sum() / visible.sum().clamp_min(1)
+
+
+def wake_axis_loss(
+    pred_keypoints_px: Tensor, target_keypoints_px: Tensor, target_visible: Tensor
+) -> Tensor:
+    """One minus the cosine between the predicted and the true wake axis.
+
+    The wake axis points from the far end (mean of the visible wake ends,
+    :func:`wakemodel.keypoints.far_end_px`) to the vertex, so its angle is the
+    heading: a reversed heading costs 2, a right one 0. Both axes use the
+    TARGET's visible ends; align the target's arm order with the prediction
+    first (:func:`match_arm_order`, :func:`permute_slots`).
+
+    Args:
+        pred_keypoints_px: ``[B, 3, 2]`` predicted keypoints in pixels (any unit
+            with the chip's aspect, e.g. normalised times the original size).
+        target_keypoints_px: ``[B, 3, 2]`` target keypoints in the same unit.
+        target_visible: Bool ``[B, 3]``.
+
+    Returns:
+        Scalar: mean over the samples with a visible vertex and far end (0 when none).
+    """
+    visible = target_visible.bool()
+    defined = visible[:, 0] & visible[:, 1:].any(dim=-1)
+    # Invisible target slots are zeroed (they may hold NaN); samples without an axis use every
+    # slot so that their (masked) terms stay finite.
+    safe_visible = torch.where(defined[:, None], visible, torch.ones_like(visible))
+    target = torch.where(visible[..., None], target_keypoints_px.float(), 0.0)
+    pred = pred_keypoints_px.float()
+    pred_axis = pred[:, 0] - keypoints.far_end_px(pred, safe_visible)
+    target_axis = target[:, 0] - keypoints.far_end_px(target, safe_visible)
+    cosine = functional.cosine_similarity(pred_axis, target_axis, dim=-1, eps=1e-6)
+    return ((1.0 - cosine) * defined).sum() / defined.sum().clamp_min(1)

@@ -21,7 +21,13 @@ from torchmetrics.aggregation import CatMetric
 
 from wakemodel.config import MODEL_DEFAULTS
 from wakemodel.errors import InputError
-from wakemodel.losses import heatmap_loss, keypoint_loss, match_arm_order, permute_slots
+from wakemodel.losses import (
+    heatmap_loss,
+    keypoint_loss,
+    match_arm_order,
+    permute_slots,
+    wake_axis_loss,
+)
 from wakemodel.metrics import DEFAULT_GSD_M, keypoint_errors
 from wakemodel.network import (
     NUM_KEYPOINTS,
@@ -143,6 +149,8 @@ class WakeKeypointModule(pl.LightningModule):
         visibility_weight: Weight of the visibility BCE in the loss.
         loss_beta: Smooth-L1 transition point in normalised coordinates.
         heatmap_weight: Weight of the heatmap cross-entropy regulariser (0: off).
+        heading_weight: Weight of the wake-axis loss
+            (:func:`wakemodel.losses.wake_axis_loss`, in original-chip pixels; 0: off).
         dropout: Dropout before the visibility head.
         channels_last: Convert the network to channels-last memory format.
     """
@@ -168,6 +176,7 @@ class WakeKeypointModule(pl.LightningModule):
         visibility_weight: float = 0.1,
         loss_beta: float = 0.02,
         heatmap_weight: float = 0.25,
+        heading_weight: float = MODEL_DEFAULTS.heading_weight,
         dropout: float = MODEL_DEFAULTS.dropout,
         channels_last: bool = True,
     ) -> None:
@@ -198,7 +207,9 @@ class WakeKeypointModule(pl.LightningModule):
         The loss is the arm-order-invariant keypoint loss plus ``heatmap_weight``
         times a heatmap cross-entropy against Gaussians at the targets (arms in
         the order the keypoint loss matched), a DSNT-style regulariser that gives
-        every heatmap cell a learning signal and speeds up convergence.
+        every heatmap cell a learning signal and speeds up convergence, plus
+        ``heading_weight`` times the wake-axis loss, which punishes a heading
+        off its true direction (most of all a reversed one).
         """
         heatmap_logits, visibility_logits = self.detector.heatmaps(batch["image"])
         output = KeypointOutput(soft_argmax(heatmap_logits), visibility_logits)
@@ -210,15 +221,21 @@ class WakeKeypointModule(pl.LightningModule):
             visibility_weight=self.hparams.visibility_weight,
             beta=self.hparams.loss_beta,
         )
-        if self.hparams.heatmap_weight > 0:
+        if self.hparams.heatmap_weight > 0 or self.hparams.heading_weight > 0:
             order = match_arm_order(
                 output.keypoints, batch["keypoints"], batch["visible"], beta=self.hparams.loss_beta
             )
-            loss = loss + self.hparams.heatmap_weight * heatmap_loss(
-                heatmap_logits,
-                permute_slots(batch["keypoints"], order),
-                permute_slots(batch["visible"], order),
-            )
+            target = permute_slots(batch["keypoints"], order)
+            visible = permute_slots(batch["visible"], order)
+            if self.hparams.heatmap_weight > 0:
+                loss = loss + self.hparams.heatmap_weight * heatmap_loss(
+                    heatmap_logits, target, visible
+                )
+            if self.hparams.heading_weight > 0:
+                scale = batch["orig_size"].float()[:, None, :]
+                loss = loss + self.hparams.heading_weight * wake_axis_loss(
+                    output.keypoints * scale, target.float() * scale, visible
+                )
         return output, loss
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:

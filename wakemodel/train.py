@@ -574,6 +574,7 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
         weight_decay=config.weight_decay,
         warmup_epochs=config.warmup_epochs,
         max_epochs=config.epochs,
+        heading_weight=config.heading_weight,
     )
 
     writes = not config.fast_dev_run
