@@ -116,7 +116,6 @@ def run_demo(
             run_dir=out_dir,
             run_name=TRAIN_RUN_NAME,
             warmup_epochs=1.0,
-            deterministic=True,
         )
     )
     model_path = training.best_checkpoint or training.last_checkpoint
