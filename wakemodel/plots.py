@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib as mpl
 import numpy as np
@@ -219,20 +219,7 @@ def plot_dataset_grid(
             ax.grid(False)
         for ax in axes.flat[len(records) :]:
             ax.set_axis_off()
-        handles = [
-            mpl.lines.Line2D(
-                [],
-                [],
-                marker="o",
-                linestyle="none",
-                markerfacecolor="none",
-                markeredgecolor=VERTEX_COLOR,
-                label="vertex (vessel)",
-            ),
-            mpl.lines.Line2D(
-                [], [], marker="x", linestyle="none", color=FAR_END_COLOR, label="wake far end"
-            ),
-        ]
+        handles = _keypoint_handles(VERTEX_COLOR, FAR_END_COLOR, "vertex (vessel)", "wake far end")
         figure.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
         return save_figure(figure, out_path)
 
@@ -284,43 +271,36 @@ def _draw_heading(ax: Axes, prediction: Prediction) -> None:
     )
 
 
-def _prediction_legend(figure: Figure, *, with_truth: bool) -> None:
-    """Add a legend below the figure for predicted (and annotated) keypoints."""
-    handles = [
+def _keypoint_handles(
+    vertex_color: Any, end_color: Any, vertex_label: str, end_label: str
+) -> list[mpl.lines.Line2D]:
+    """Legend handles for a vertex (open circle) and a wake end (cross)."""
+    return [
         mpl.lines.Line2D(
             [],
             [],
             marker="o",
             linestyle="none",
             markerfacecolor="none",
-            markeredgecolor=PREDICTION_COLOR,
-            label="predicted vertex",
+            markeredgecolor=vertex_color,
+            label=vertex_label,
         ),
-        mpl.lines.Line2D(
-            [], [], marker="x", linestyle="none", color=PREDICTION_COLOR, label="predicted wake end"
+        mpl.lines.Line2D([], [], marker="x", linestyle="none", color=end_color, label=end_label),
+    ]
+
+
+def _prediction_legend(figure: Figure, *, with_truth: bool) -> None:
+    """Add a legend below the figure for predicted (and annotated) keypoints."""
+    handles = [
+        *_keypoint_handles(
+            PREDICTION_COLOR, PREDICTION_COLOR, "predicted vertex", "predicted wake end"
         ),
         mpl.lines.Line2D([], [], color=PREDICTION_COLOR, marker=">", label="heading"),
     ]
     if with_truth:
-        handles[:0] = [
-            mpl.lines.Line2D(
-                [],
-                [],
-                marker="o",
-                linestyle="none",
-                markerfacecolor="none",
-                markeredgecolor=VERTEX_COLOR,
-                label="annotated vertex",
-            ),
-            mpl.lines.Line2D(
-                [],
-                [],
-                marker="x",
-                linestyle="none",
-                color=FAR_END_COLOR,
-                label="annotated wake end",
-            ),
-        ]
+        handles[:0] = _keypoint_handles(
+            VERTEX_COLOR, FAR_END_COLOR, "annotated vertex", "annotated wake end"
+        )
     figure.legend(
         handles=handles,
         loc="outside lower center",
