@@ -482,7 +482,9 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as error:
-        raise InputError(f"--config {path}: no such file.") from error
+        raise InputError(
+            f"--config {path}: no such file; pass the config.yaml of a run folder (runs/NAME/)."
+        ) from error
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"--config {path}: cannot read it ({type(error).__name__}).") from error
     try:
