@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wakemodel.augment import WakeAugmentation
 from wakemodel.data import WakeRecord, scan_dataset, split_records
-from wakemodel.datamodule import WakeDataModule
+from wakemodel.datamodule import WakeDataModule, augment_place
 from wakemodel.devices import select_device
 from wakemodel.losses import keypoint_loss
 from wakemodel.model import WakeKeypointModule
@@ -225,8 +225,8 @@ class PackageRunner:
         compile_model: bool = False,
     ) -> None:
         self.device = select_device(accelerator, precision)
-        if augment_on == "auto":  # setup runs below, before a Trainer is attached to resolve it
-            augment_on = "device" if self.device.accelerator in ("cuda", "mps") else "workers"
+        # setup runs below, before a Trainer is attached: resolve "auto" for this device here.
+        augment_on = augment_place(augment_on, self.device.accelerator)
         self.datamodule = WakeDataModule(
             data_dir,
             image_size=image_size,

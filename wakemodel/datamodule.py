@@ -41,6 +41,23 @@ STAGE_SPLITS: dict[str, tuple[str, ...]] = {
 """The splits each Lightning stage decodes (``setup(None)``: all of them)."""
 
 
+def augment_place(augment_on: str, device_type: str | None) -> str:
+    """Where the built-in augmentation runs for ``augment_on`` on a device type.
+
+    Args:
+        augment_on: ``"auto"``, ``"workers"`` or ``"device"``.
+        device_type: The training device's type (``"cuda"``, ``"mps"``, ``"cpu"``),
+            or None when unknown.
+
+    Returns:
+        ``"workers"`` or ``"device"``: ``auto`` is the device on CUDA and MPS,
+        the loader workers elsewhere.
+    """
+    if augment_on != "auto":
+        return augment_on
+    return "device" if device_type in ("cuda", "mps") else "workers"
+
+
 class WakeDataModule(pl.LightningDataModule):
     """Train/val loaders over a wake dataset held in memory.
 
@@ -133,12 +150,16 @@ class WakeDataModule(pl.LightningDataModule):
         """
         if self.augment is not True or self.augment_on == "workers":
             return "workers"
-        if self.augment_on == "device":
-            return "device"
         trainer = self.trainer
         accelerator = None if trainer is None else getattr(trainer, "accelerator", None)
-        on_gpu = isinstance(accelerator, (CUDAAccelerator, MPSAccelerator))
-        return "device" if on_gpu else "workers"
+        device_type = (
+            "cuda"
+            if isinstance(accelerator, CUDAAccelerator)
+            else "mps"
+            if isinstance(accelerator, MPSAccelerator)
+            else None
+        )
+        return augment_place(self.augment_on, device_type)
 
     def setup(self, stage: str | None = None) -> None:
         """Decode the splits ``stage`` needs (:data:`STAGE_SPLITS`; ``None``: all).
