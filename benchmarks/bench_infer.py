@@ -14,10 +14,24 @@ other processes on a shared machine affects them alike. Without ``--checkpoint``
 a randomly initialised model at ``--image-size`` is used (speed and size do not
 depend on the weights).
 
+With ``--memory`` it measures large jobs instead: ``python cli.py infer`` and
+``python cli.py evaluate`` with the ONNX model on folders of 500 and 5000 synthetic
+chips (``cli.py synth --seed 7 --min-size 200 --max-size 480``; the 500 are the first
+500 of the 5000), each in a fresh process, with the next batch read in a background
+thread (``wakemodel.infer.PREFETCH``) and without; per run the peak resident memory
+(``VmHWM``, read by the process itself at exit) and chips/s, process start included
+and between the two sizes (the fixed start-up cost cancels). Then ``infer`` with the
+``.ckpt`` on ``--devices-chips`` chips with ``--devices 1`` and ``--devices 2``
+(Lightning's predict loop, ``ddp_spawn``; the peak is the calling process's only).
+Last, in this process, ``wakemodel.infer.iter_predictions`` over ``--prefetch-chips``
+chips with and without prefetching, alternated, 3 repeats each (median chips/s),
+beside the time to read + preprocess a chip and the model's time per chip.
+
 Usage::
 
     python benchmarks/bench_infer.py                      # defaults: 224 px, ~3 min on 2 cores
     python benchmarks/bench_infer.py --checkpoint checkpoints/last.ckpt --repeats 50
+    python benchmarks/bench_infer.py --memory             # ~8 min on 2 cores
 """
 
 from __future__ import annotations
@@ -57,6 +71,25 @@ def _parse_args() -> argparse.Namespace:
         help="Threads for torch and ONNX Runtime (default: usable cores).",
     )
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    parser.add_argument(
+        "--memory", action="store_true", help="Peak memory and chips/s of large infer jobs."
+    )
+    parser.add_argument(
+        "--memory-chips",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[500, 5000],
+        help="Folder sizes for --memory, comma-separated (the first ones of the largest).",
+    )
+    parser.add_argument(
+        "--devices-chips", type=int, default=160, help="Chips of the --devices 1/2 runs (0: none)."
+    )
+    parser.add_argument(
+        "--prefetch-chips",
+        type=int,
+        default=800,
+        help="Chips of the in-process prefetch on/off comparison of --memory (0: none).",
+    )
+    parser.add_argument("--work", type=Path, help="Folder for chips and models (kept; reused).")
     return parser.parse_args()
 
 
@@ -100,11 +133,218 @@ def _cli_seconds(model: Path, chip: Path) -> float:
     return time.perf_counter() - start
 
 
+_MEMORY_CHILD = r"""
+import atexit, os, sys, time
+start = time.perf_counter()
+def _report():
+    with open("/proc/self/status") as status:
+        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(f"BENCH {peak_kb} {time.perf_counter() - start:.3f} {int('torch' in sys.modules)}",
+          file=sys.stderr)
+atexit.register(_report)
+import wakemodel.infer
+wakemodel.infer.PREFETCH = os.environ["BENCH_PREFETCH"] == "1"
+from wakemodel.cli import main
+sys.argv = ["cli.py", *sys.argv[1:]]
+main()
+"""
+"""Runs the CLI in-process and prints its own peak RSS (``VmHWM``, which starts afresh at
+exec, unlike ``ru_maxrss``, which Linux carries over from the forking parent)."""
+
+
+def _measure_cli(cli_args: list[str], prefetch: bool = True) -> dict[str, float]:
+    """Run ``python cli.py CLI_ARGS`` in a fresh process: wall s, peak RSS MB, torch loaded."""
+    env = {**os.environ, "BENCH_PREFETCH": "1" if prefetch else "0"}
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, *cli_args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    wall_s = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(cli_args)} failed:\n{result.stderr[-3000:]}")
+    line = next(line for line in result.stderr.splitlines() if line.startswith("BENCH "))
+    _, peak_kb, _, torch_loaded = line.split()
+    return {"wall_s": wall_s, "peak_mb": int(peak_kb) / 1024, "torch": bool(int(torch_loaded))}
+
+
+def _chip_folders(work: Path, sizes: list[int]) -> dict[int, Path]:
+    """Synthesise the largest folder with the CLI; the smaller ones hard-link its first chips."""
+    largest = max(sizes)
+    folders = {largest: work / f"chips{largest}"}
+    if not (folders[largest] / "imgs").is_dir():
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO_ROOT / "cli.py"),
+                "synth",
+                str(folders[largest]),
+                "--count",
+                str(largest),
+                "--seed",
+                "7",
+                "--min-size",
+                "200",
+                "--max-size",
+                "480",
+                "--workers",
+                "2",
+            ],
+            check=True,
+            capture_output=True,
+            cwd=REPO_ROOT,
+        )
+    images = sorted((folders[largest] / "imgs").iterdir())
+    for size in sorted(set(sizes) - {largest}):
+        folder = folders[size] = work / f"chips{size}"
+        if (folder / "imgs").is_dir():
+            continue
+        for sub in ("imgs", "annotations"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        for image in images[:size]:
+            annotation = folders[largest] / "annotations" / f"{image.stem}.json"
+            os.link(image, folder / "imgs" / image.name)
+            os.link(annotation, folder / "annotations" / annotation.name)
+    return folders
+
+
+def _prefetch_speed(onnx_model: Path, images: Path, count: int, threads: int) -> None:
+    """Chips/s of ``iter_predictions`` with and without prefetching (alternated, median of 3)."""
+    import wakemodel.infer as infer
+    from wakemodel.export import OnnxKeypointPredictor
+    from wakemodel.preprocess import load_image
+
+    paths = infer.find_images([images])[:count]
+    predictor = OnnxKeypointPredictor(onnx_model, threads=threads)
+    list(infer.iter_predictions(predictor, paths[:32]))  # warm-up
+    start = time.perf_counter()
+    chips = [load_image(path, predictor.image_size) for path in paths[:160]]
+    read_ms = 1e3 * (time.perf_counter() - start) / len(chips)
+    batch = np.stack(chips[:16]).astype(np.float32) / np.float32(255.0)
+    model_ms = 1e3 * min(_timed(predictor, batch) for _ in range(5)) / len(batch)
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(3):
+        for prefetch in (True, False):
+            infer.PREFETCH = prefetch
+            seconds = _timed(lambda: sum(1 for _ in infer.iter_predictions(predictor, paths)))
+            rates[prefetch].append(len(paths) / seconds)
+    infer.PREFETCH = True
+    print(
+        f"in-process, {len(paths)} chips, batch 16, {threads} ORT threads: read + preprocess "
+        f"{read_ms:.1f} ms/chip, model {model_ms:.1f} ms/chip"
+    )
+    for prefetch, values in rates.items():
+        print(
+            f"  prefetch {'yes' if prefetch else 'no '}: {statistics.median(values):.1f} chips/s "
+            f"(runs {', '.join(f'{value:.1f}' for value in values)})"
+        )
+
+
+def _memory_main(args: argparse.Namespace) -> None:
+    """Peak memory and speed of ``infer``/``evaluate`` on growing folders (see the docstring)."""
+    from wakemodel.export import export_onnx
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_infer_memory_"))
+    work.mkdir(parents=True, exist_ok=True)
+    sizes = sorted(args.memory_chips)
+    folders = _chip_folders(work, sizes)
+    checkpoint = args.checkpoint or work / f"random{args.image_size}.ckpt"
+    if not checkpoint.is_file():
+        _random_checkpoint(args.image_size, checkpoint)
+    onnx_model = work / f"{checkpoint.stem}.onnx"
+    if not onnx_model.is_file():
+        export_onnx(checkpoint, onnx_model)
+    batch = ["--batch-size", "16"]
+    rows: list[dict[str, object]] = []
+    single = str(next((folders[sizes[0]] / "imgs").iterdir()))
+    rows.append(
+        {"run": "infer onnx", "chips": 1, "prefetch": True}
+        | _measure_cli(["infer", str(onnx_model), single, "--json", str(work / "out.json")])
+    )
+    for prefetch in (True, False):
+        for size in sizes:
+            out = str(work / "out.json")
+            imgs = str(folders[size] / "imgs")
+            rows.append(
+                {"run": "infer onnx", "chips": size, "prefetch": prefetch}
+                | _measure_cli(["infer", str(onnx_model), imgs, "--json", out, *batch], prefetch)
+            )
+    for size in sizes:
+        out = str(work / "evaluation.json")
+        rows.append(
+            {"run": "evaluate onnx", "chips": size, "prefetch": True}
+            | _measure_cli(["evaluate", str(onnx_model), str(folders[size]), "--json", out, *batch])
+        )
+    if args.devices_chips > 0:
+        subset = _chip_folders(work, [args.devices_chips, max(sizes)])[args.devices_chips]
+        for devices in (1, 2):
+            rows.append(
+                {"run": f"infer ckpt --devices {devices}", "chips": args.devices_chips}
+                | {"prefetch": devices == 1}
+                | _measure_cli(
+                    [
+                        "infer",
+                        str(checkpoint),
+                        str(subset / "imgs"),
+                        "--json",
+                        str(work / f"devices{devices}.json"),
+                        "--accelerator",
+                        "cpu",
+                        "--devices",
+                        str(devices),
+                        *batch,
+                    ]
+                )
+            )
+        same = (work / "devices1.json").read_text() == (work / "devices2.json").read_text()
+        print(f"--devices 2 JSON identical to --devices 1: {same}")
+    print(
+        f"image size {args.image_size}, batch 16, chips 200-480 px, torch {torch.__version__}, "
+        f"{len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.1f}, work {work}"
+    )
+    print(
+        f"{'run':<22} {'chips':>6} {'prefetch':>8} {'wall s':>7} {'chips/s':>8} "
+        f"{'peak MB':>8} {'torch':>5}"
+    )
+    for row in rows:
+        print(
+            f"{row['run']:<22} {row['chips']:>6} {'yes' if row['prefetch'] else 'no':>8} "
+            f"{row['wall_s']:>7.1f} {row['chips'] / row['wall_s']:>8.1f} "
+            f"{row['peak_mb']:>8.1f} {'yes' if row['torch'] else 'no':>5}"
+        )
+    small, large = sizes[0], sizes[-1]
+    for run, prefetch in (("infer onnx", True), ("infer onnx", False), ("evaluate onnx", True)):
+        pair = {
+            row["chips"]: row
+            for row in rows
+            if row["run"] == run and row["prefetch"] == prefetch and row["chips"] in (small, large)
+        }
+        if len(pair) == 2:
+            extra = large - small
+            print(
+                f"{run} (prefetch {'yes' if prefetch else 'no'}), {small} -> {large} chips: "
+                f"peak +{pair[large]['peak_mb'] - pair[small]['peak_mb']:.1f} MB "
+                f"({1024 * (pair[large]['peak_mb'] - pair[small]['peak_mb']) / extra:.2f} kB "
+                f"per extra chip), {extra / (pair[large]['wall_s'] - pair[small]['wall_s']):.1f} "
+                "chips/s between the two sizes"
+            )
+    if args.prefetch_chips > 0:
+        _prefetch_speed(onnx_model, folders[max(sizes)] / "imgs", args.prefetch_chips, args.threads)
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args), "memory": rows}, default=str) + "\n")
+
+
 def main() -> None:
     args = _parse_args()
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
+    if args.memory:
+        _memory_main(args)
+        return
 
     from wakemodel.data import scan_dataset
     from wakemodel.export import OnnxKeypointPredictor, export_onnx

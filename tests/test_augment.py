@@ -169,6 +169,32 @@ def test_invisible_slot_stays_invisible_and_zero() -> None:
         assert (moved[2] == 0).all()
 
 
+def test_chip_without_a_wake_stays_without_keypoints() -> None:
+    """A negative (every slot invisible) augments like any chip and keeps no keypoint."""
+    image = torch.full((1, SIZE, SIZE), 0.15) + blob(torch.tensor([20.0, 30.0]))[None]
+    keypoints, visible = torch.zeros(3, 2), torch.zeros(3, dtype=torch.bool)
+    augmentation = WakeAugmentation(SIZE)
+    torch.manual_seed(5)
+    changed = 0
+    for _ in range(10):
+        moved_image, moved, moved_visible = augmentation(image, keypoints, visible)
+        assert moved_image.shape == (1, SIZE, SIZE)
+        assert not moved_visible.any() and (moved == 0).all()
+        changed += not torch.equal(moved_image, image)
+    assert changed == 10
+
+    images, batch_keypoints, batch_visible = random_batch(6, torch.Generator().manual_seed(12))
+    batch_keypoints[::2] = 0.0
+    batch_visible[::2] = False
+    generator = torch.Generator().manual_seed(13)
+    moved_images, moved, moved_visible = BatchWakeAugmentation()(
+        images, batch_keypoints, batch_visible, generator
+    )
+    assert moved_images.shape == images.shape
+    assert not moved_visible[::2].any() and (moved[::2] == 0).all()
+    assert moved_visible[1::2].any()
+
+
 def test_swapping_arms_swaps_the_output() -> None:
     generator = torch.Generator().manual_seed(4)
     augmentation = WakeAugmentation(SIZE)
@@ -426,7 +452,7 @@ def test_datamodule_augments_training_batches_on_the_device(synthetic_dir: Path)
 def test_datamodule_augments_per_sample_by_default(synthetic_dir: Path) -> None:
     module = WakeDataModule(synthetic_dir, image_size=32, batch_size=4, num_workers=0)
     assert isinstance(module.train_dataset.augment, WakeAugmentation)
-    module.trainer = SimpleNamespace(training=True)  # type: ignore[assignment]
+    module.trainer = SimpleNamespace(training=True, world_size=1)  # type: ignore[assignment]
     batch = next(iter(module.train_dataloader()))
     assert module.on_after_batch_transfer(batch, 0) is batch
 

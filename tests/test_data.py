@@ -80,6 +80,69 @@ def test_two_point_sample_is_padded_with_invisible_slot(tmp_path: Path) -> None:
     assert record_a.annotation_path == tmp_path / "annotations" / "a.json"
 
 
+def test_empty_tooltips_is_a_chip_without_a_wake(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_sample(tmp_path, "empty", annotation={"tooltips": []})
+    write_sample(tmp_path, "wake", points=[(10, 12), (30, 25)])
+    write_sample(tmp_path, "onepoint", points=[(3, 4)])
+    with caplog.at_level(logging.INFO, logger="wakemodel.data"):
+        empty, wake = scan_dataset(tmp_path)
+    assert empty.name == "empty" and not empty.has_wake and wake.has_wake
+    assert empty.visible.tolist() == [False, False, False]
+    assert empty.keypoints_px.dtype == np.float32
+    np.testing.assert_array_equal(empty.keypoints_px, np.zeros((3, 2)))
+    np.testing.assert_array_equal(empty.keypoints_norm, np.zeros((3, 2)))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "onepoint.json" in warnings[0] and "1 keypoint" in warnings[0]
+    summaries = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert "kept 2 (1 without a wake), skipped 1" in summaries[0]
+    sample = WakeDataset([empty], SIZE)[0]
+    assert not sample["visible"].any()
+    assert torch.equal(sample["keypoints"], torch.zeros(3, 2))
+
+
+def test_only_chips_without_a_wake_are_usable(tmp_path: Path) -> None:
+    for i in range(3):
+        write_sample(tmp_path, f"empty{i}", annotation={"tooltips": []})
+    assert [record.has_wake for record in scan_dataset(tmp_path)] == [False] * 3
+
+
+def test_chips_without_a_wake_go_through_training_augmentation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from wakemodel.augment import WakeAugmentation
+    from wakemodel.synthetic import generate_dataset, no_wake_indices
+
+    root = generate_dataset(tmp_path / "ds", 12, 2, min_size=64, max_size=96, no_wake_fraction=0.5)
+    negatives = no_wake_indices(12, 2, 0.5)
+    assert 0 < len(negatives) < 12
+    records = scan_dataset(root)
+    assert [i for i, record in enumerate(records) if not record.has_wake] == negatives
+    dataset = WakeDataset(records, SIZE, augment=WakeAugmentation(SIZE))
+    torch.manual_seed(0)
+    for _ in range(3):
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            assert sample["image"].shape == (1, SIZE, SIZE)
+            if index in negatives:
+                assert not sample["visible"].any()
+                assert torch.equal(sample["keypoints"], torch.zeros(3, 2))
+    assert any(dataset[i]["visible"].any() for i in range(len(dataset)) if i not in negatives)
+
+    with caplog.at_level(logging.INFO, logger="wakemodel.datamodule"):
+        module = WakeDataModule(
+            root, image_size=SIZE, batch_size=12, num_workers=0, split=(1.0, 0.0, 0.0)
+        )
+        batch = next(iter(module.train_dataloader()))
+    assert isinstance(module.train_dataset.augment, WakeAugmentation)
+    assert int((~batch["visible"].any(dim=1)).sum()) == len(negatives)
+    assert (batch["keypoints"][~batch["visible"]] == 0).all()
+    split_logs = [r.getMessage() for r in caplog.records if "Split" in r.getMessage()]
+    assert f"train 12 ({len(negatives)} without a wake), val 0, test 0" in split_logs[0]
+
+
 def test_targets_are_normalised_by_original_size(tmp_path: Path) -> None:
     points = [(20.0, 15.0), (6.0, 30.0), (40.0, 36.0)]
     write_sample(tmp_path, "small", points=points, size=(48, 40))
@@ -129,7 +192,7 @@ def test_bad_samples_are_skipped_with_one_warning_each(
         "imgs/garbage.png": "unreadable image",
         "annotations/badjson.json": "malformed JSON",
         "annotations/notips.json": "missing 'tooltips'",
-        "annotations/onepoint.json": "fewer than 2 keypoints",
+        "annotations/onepoint.json": "1 keypoint (use 0 for a chip without a wake, or 2-3)",
         "annotations/fourpoints.json": "more than 3 keypoints",
         "annotations/outside.json": "outside the image",
         "annotations/negative.json": "outside the image",

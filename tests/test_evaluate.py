@@ -117,6 +117,51 @@ def test_report_json_and_table(known_dataset: Path) -> None:
     assert "25.0%" in table
 
 
+class TexturePredictor(ShiftedTruthPredictor):
+    """ShiftedTruthPredictor whose wake score is high on textured chips, low on flat ones."""
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        keypoints, visibility = super().__call__(images)
+        visibility[:, 0] = np.where(images.std(axis=(1, 2, 3)) > 0.01, 0.9, 0.1)
+        return keypoints, visibility, np.full_like(keypoints, 0.05)
+
+
+def test_chips_without_a_wake_are_scored_not_counted_as_errors(
+    known_dataset: Path, tmp_path: Path
+) -> None:
+    for index in range(2):  # flat chips annotated as holding no wake
+        name = f"zz_negative{index}"
+        flat = Image.fromarray(np.full((60, 60), 90, np.uint8))
+        flat.save(known_dataset / "imgs" / f"{name}.png")
+        (known_dataset / "annotations" / f"{name}.json").write_text('{"tooltips": []}')
+    report = evaluate(TexturePredictor(), known_dataset)
+    summary = report.summary
+    assert (summary["count"], summary["wakes"], summary["no_wake"]) == (6, 4, 2)
+    assert np.isnan(report.errors["heading_error_deg"][4:]).all()
+    assert np.isnan(report.errors["vertex_error_px"][4:]).all()
+    # The shares are over the chips with a wake, as without the negatives.
+    assert summary["share_vertex_within_threshold"] == pytest.approx(0.25)
+    calibration = summary["calibration"]
+    assert calibration["wake_recall"] == 1.0 and calibration["negative_rejection"] == 1.0
+    assert calibration["roc_auc"] == 1.0
+    assert calibration["count"] == 4
+    document = json.loads(json.dumps(report.to_dict()))
+    negative = document["samples"][-1]
+    assert negative["has_wake"] is False and negative["wake_found"] is False
+    assert negative["heading_error_deg"] is None and negative["wake_score"] < 0.5
+    assert document["samples"][0]["heading_std_deg"] > 0
+    assert document["summary"]["calibration"]["negatives"] == 2
+    table = report.format_table()
+    assert "2 without a wake" in table and "ROC AUC" in table
+    assert "negative rejection" in table
+    # The worst-chip grid shows chips with a wake, never a negative's NaN error first.
+    worst = report.plot_predictions(tmp_path / "worst.png", count=2, worst=True)
+    assert worst.is_file()
+    figure = report.plot_calibration(tmp_path / "calibration.png")
+    with Image.open(figure) as image:
+        assert image.width > 600
+
+
 def test_empty_dataset_is_an_error(tmp_path: Path) -> None:
     from wakemodel.errors import WakeModelError
 
@@ -210,3 +255,13 @@ def test_plot_worst_chips_orders_by_heading_error(
     assert shown["errors"] == pytest.approx(expected)
     report.plot_predictions(tmp_path / "first.png", count=2)
     assert shown["names"] == ["chip0", "chip1"]
+
+
+def test_evaluate_reports_progress_and_keeps_dataset_order(known_dataset: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    report = evaluate(
+        ShiftedTruthPredictor(), known_dataset, batch_size=3, progress=lambda *a: calls.append(a)
+    )
+    assert calls == [(3, 4), (4, 4)]
+    assert report.names == [f"chip{i}.png" for i in range(4)]
+    assert [Path(p.source).name for p in report.predictions] == report.names

@@ -69,12 +69,13 @@ def test_dynamic_batch_and_metadata(onnx_models: dict[str, Path], tiny_checkpoin
     assert OnnxKeypointPredictor(onnx_models["int8"]).metadata[METADATA_KEYS["precision"]] == "int8"
     images = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
     for batch in (1, 3):
-        keypoints, visibility = predictor(images[:batch])
-        assert keypoints.shape == (batch, 3, 2)
+        keypoints, visibility, keypoint_std = predictor(images[:batch])
+        assert keypoints.shape == keypoint_std.shape == (batch, 3, 2)
         assert visibility.shape == (batch, 3)
         assert ((visibility >= 0) & (visibility <= 1)).all()
-    single, _ = predictor(images[2:3])
-    batched, _ = predictor(images)
+        assert (keypoint_std > 0).all()
+    single, *_ = predictor(images[2:3])
+    batched, *_ = predictor(images)
     np.testing.assert_allclose(single[0], batched[2], atol=1e-5)
 
 
@@ -108,6 +109,12 @@ def test_infer_cli_with_onnx_matches_checkpoint_schema(
     onnx_vertex = from_onnx["predictions"][0]["keypoints"][0]
     checkpoint_vertex = from_checkpoint["predictions"][0]["keypoints"][0]
     assert onnx_vertex["x"] == pytest.approx(checkpoint_vertex["x"], abs=FP32_TOLERANCE_PX)
+    # The uncertainty and the wake score travel with the ONNX file (calibration included).
+    onnx_chip, checkpoint_chip = from_onnx["predictions"][0], from_checkpoint["predictions"][0]
+    assert checkpoint_chip["heading_std_deg"] > 0 and checkpoint_chip["vertex_std_px"] > 0
+    for key in ("heading_std_deg", "vertex_std_px", "wake_score"):
+        assert onnx_chip[key] == pytest.approx(checkpoint_chip[key], rel=1e-3, abs=0.02), key
+    assert onnx_chip["wake_found"] == checkpoint_chip["wake_found"]
 
 
 @pytest.mark.parametrize("extra", [[], ["--tta"]])

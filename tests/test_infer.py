@@ -10,14 +10,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from wakemodel import keypoints as kp
 from wakemodel.cli import main
-from wakemodel.errors import WakeModelError
+from wakemodel.errors import InputError, WakeModelError
 from wakemodel.infer import (
     KEYPOINT_NAMES,
     KeypointPredictor,
     Prediction,
     dihedral_transforms,
     find_images,
+    format_table,
     load_model,
     predict,
     predict_batch,
@@ -93,11 +95,13 @@ def test_load_model_reads_image_size_from_checkpoint(tiny_checkpoint: Path) -> N
     predictor = load_model(tiny_checkpoint, accelerator="cpu")
     stored = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     assert predictor.image_size == stored["hyper_parameters"]["image_size"]
-    keypoints, visibility = predictor(
+    keypoints, visibility, keypoint_std = predictor(
         np.zeros((2, 1, predictor.image_size, predictor.image_size), np.float32)
     )
     assert np.asarray(keypoints).shape == (2, 3, 2)
     assert np.asarray(visibility).shape == (2, 3)
+    assert np.asarray(keypoint_std).shape == (2, 3, 2)
+    assert (np.asarray(keypoint_std) > 0).all()
 
 
 def test_predict_outputs_on_synthetic_chips(tiny_checkpoint: Path, synthetic_dir: Path) -> None:
@@ -163,14 +167,21 @@ def test_to_dict_schema_is_json_ready() -> None:
         "width",
         "height",
         "keypoints",
+        "wake_found",
+        "wake_score",
         "heading_deg",
+        "heading_std_deg",
+        "vertex_std_px",
         "wake_length_px",
         "wake_length_m",
         "gsd_m",
     }
     assert [k["name"] for k in document["keypoints"]] == list(KEYPOINT_NAMES)
     assert [k["visible"] for k in document["keypoints"]] == [True, True, False]
-    assert set(document["keypoints"][2]) == {"name", "x", "y", "visible", "visibility"}
+    assert set(document["keypoints"][2]) == {"name", "x", "y", "visible", "visibility", "std_px"}
+    # FixedPredictor gives no uncertainty: unknown, not invented.
+    assert document["heading_std_deg"] is None and document["vertex_std_px"] is None
+    assert document["wake_score"] == pytest.approx(0.9) and document["wake_found"] is True
     assert document["keypoints"][1]["x"] == pytest.approx(0.75 * 40)
     assert document["gsd_m"] == 20.0
     assert document["wake_length_m"] == pytest.approx(document["wake_length_px"] * 20.0, abs=0.25)
@@ -199,15 +210,15 @@ def test_dihedral_transforms_are_distinct() -> None:
 
 def test_tta_of_equivariant_predictor_equals_plain_prediction() -> None:
     images = _equivariant_batch()
-    plain_keypoints, plain_visibility = predict_batch(BrightestPixelPredictor(), images)
-    tta_keypoints, tta_visibility = predict_batch(BrightestPixelPredictor(), images, tta=True)
+    plain_keypoints, plain_visibility, _ = predict_batch(BrightestPixelPredictor(), images)
+    tta_keypoints, tta_visibility, _ = predict_batch(BrightestPixelPredictor(), images, tta=True)
     np.testing.assert_allclose(tta_keypoints, plain_keypoints, atol=1e-12)
     np.testing.assert_allclose(tta_visibility, plain_visibility, atol=1e-12)
 
 
 def test_tta_averages_mapped_back_predictions() -> None:
     images = np.zeros((1, 1, 32, 32), dtype=np.float32)
-    keypoints, visibility = predict_batch(FixedPredictor(), images, tta=True)
+    keypoints, visibility, _ = predict_batch(FixedPredictor(), images, tta=True)
     np.testing.assert_allclose(keypoints[0, 0], [0.5, 0.5], atol=1e-12)
     assert visibility[0, 0] == pytest.approx(0.9)
     assert visibility[0, 1:].sum() == pytest.approx(0.8 + 0.3)
@@ -449,3 +460,71 @@ def test_load_predictor_carries_metadata(tiny_checkpoint: Path) -> None:
     assert metadata["hyper_parameters"]["image_size"] == 32
     assert "run_dir" in metadata
     assert load_model is load_predictor
+
+
+class SpreadPredictor(FixedPredictor):
+    """FixedPredictor that also reports a fixed keypoint std (normalised)."""
+
+    def __init__(
+        self, std: float, visibility: tuple[float, float, float] = (0.9, 0.8, 0.3)
+    ) -> None:
+        super().__init__(visibility)
+        self.std = std
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        keypoints, visibility = super().__call__(images)
+        return keypoints, visibility, np.full_like(keypoints, self.std)
+
+
+def test_prediction_uncertainty_in_pixels_and_degrees() -> None:
+    (prediction,) = predict(SpreadPredictor(0.01), [np.ones((40, 40))])
+    assert prediction.vertex_std_px == pytest.approx(0.4)  # 1 % of a 40 px chip, both axes
+    keypoints_px = FIXED_KEYPOINTS * 40
+    expected = kp.heading_std_deg(
+        keypoints_px[None], np.full((1, 3, 2), 0.4), prediction.visible[None]
+    )[0]
+    assert prediction.heading_std_deg == pytest.approx(expected)
+    wider = predict(SpreadPredictor(0.02), [np.ones((40, 40))])[0]
+    assert wider.heading_std_deg == pytest.approx(2 * prediction.heading_std_deg)
+
+
+def test_tta_std_adds_the_disagreement_of_the_views() -> None:
+    images = np.zeros((1, 1, 32, 32), dtype=np.float32)
+    _, _, plain_std = predict_batch(SpreadPredictor(0.01), images)
+    keypoints, _, tta_std = predict_batch(SpreadPredictor(0.01), images, tta=True)
+    np.testing.assert_allclose(plain_std, 0.01)
+    # The fixed vertex maps back to different places from each view: they disagree, and the
+    # TTA std is the per-view std and the spread of the views combined.
+    vertices = np.array(
+        [untransform_keypoints(FIXED_KEYPOINTS[0], t) for t in dihedral_transforms()]
+    )
+    np.testing.assert_allclose(keypoints[0, 0], vertices.mean(0))
+    np.testing.assert_allclose(tta_std[0, 0], np.sqrt(0.01**2 + vertices.var(0)))
+    assert (tta_std[0, 0] > 0.1).all()
+
+
+def test_low_wake_score_is_no_readable_wake(tmp_path: Path) -> None:
+    chips = [np.ones((30, 40))]
+    (kept,) = predict(SpreadPredictor(0.01, visibility=(0.6, 0.8, 0.3)), chips)
+    (rejected,) = predict(SpreadPredictor(0.01, visibility=(0.2, 0.8, 0.3)), chips)
+    assert kept.wake_found and not rejected.wake_found
+    strict = predict(SpreadPredictor(0.01, visibility=(0.6, 0.8, 0.3)), chips, min_wake_score=0.7)
+    assert not strict[0].wake_found
+    document = rejected.to_dict()
+    # The JSON keeps the raw values with the flag; the table gives no heading.
+    assert document["wake_found"] is False and document["wake_score"] == pytest.approx(0.2)
+    assert document["heading_deg"] is not None
+    table = format_table([kept, rejected])
+    kept_row, rejected_row = table.splitlines()[1:]
+    assert "no readable wake" in rejected_row and "°" not in rejected_row
+    assert "no readable wake" not in kept_row and "° ±" in kept_row
+    with pytest.raises(InputError, match="min_wake_score"):
+        predict(FixedPredictor(), chips, min_wake_score=1.5)
+
+
+def test_cli_min_wake_score_out_of_range(tiny_checkpoint: Path, synthetic_dir: Path) -> None:
+    image = next((synthetic_dir / "imgs").iterdir())
+    result = _run(["infer", str(tiny_checkpoint), str(image), "--min-wake-score", "2"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("Error: ") and "--min-wake-score" in last_line

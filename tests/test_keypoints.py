@@ -125,3 +125,43 @@ def test_metrics_keep_their_names_and_accept_numpy() -> None:
         np.testing.assert_allclose(
             values, from_torch[key].numpy(), rtol=1e-5, atol=1e-4, equal_nan=True, err_msg=key
         )
+
+
+def test_heading_std_propagates_the_spread_across_the_wake_axis() -> None:
+    # A wake along +y (heading north), 100 px long, one far end visible.
+    keypoints_px = np.array([[[50.0, 0.0], [50.0, 100.0], [0.0, 0.0]]])
+    visible = np.array([[True, True, False]])
+    across_only = np.array([[[2.0, 0.0], [0.0, 0.0], [9.0, 9.0]]])
+    along_only = np.array([[[0.0, 2.0], [0.0, 5.0], [9.0, 9.0]]])
+    expected_deg = np.degrees(2.0 / 100.0)
+    assert kp.heading_std_deg(keypoints_px, across_only, visible)[0] == pytest.approx(expected_deg)
+    # Spread along the axis changes the length, not the heading; the hidden end never counts.
+    assert kp.heading_std_deg(keypoints_px, along_only, visible)[0] == pytest.approx(0.0)
+    # Two visible ends: the far end is their mean, so each end's variance counts a quarter.
+    both = np.array([[[50.0, 0.0], [40.0, 100.0], [60.0, 100.0]]])
+    ends_only = np.array([[[0.0, 0.0], [4.0, 0.0], [4.0, 0.0]]])
+    both_visible = np.array([[True, True, True]])
+    value = kp.heading_std_deg(both, ends_only, both_visible)[0]
+    assert value == pytest.approx(np.degrees(np.sqrt(2 * 16 / 4) / 100.0))
+
+
+def test_heading_std_is_capped_and_undefined_without_a_far_end() -> None:
+    keypoints_px = np.array([[[50.0, 0.0], [50.0, 10.0], [0.0, 0.0]]] * 2)
+    huge = np.full((2, 3, 2), 1e4)
+    visible = np.array([[True, True, False], [True, False, False]])
+    std = kp.heading_std_deg(keypoints_px, huge, visible)
+    assert std[0] == pytest.approx(kp.HEADING_STD_MAX_DEG)
+    assert np.isnan(std[1])
+
+
+def test_heading_std_numpy_equals_torch() -> None:
+    pred, _, visible = _random_batch(3)
+    spread = np.random.default_rng(4).uniform(0.1, 5.0, pred.shape)
+    from_numpy = kp.heading_std_deg(pred, spread, visible)
+    from_torch = kp.heading_std_deg(
+        torch.from_numpy(pred), torch.from_numpy(spread), torch.from_numpy(visible)
+    )
+    np.testing.assert_allclose(from_torch.numpy(), from_numpy, rtol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(
+        kp.keypoint_radius_px(spread), np.sqrt((spread**2).mean(-1)), rtol=1e-12
+    )

@@ -22,6 +22,7 @@ from wakemodel.network import (
     KeypointOutput,
     detector_from_checkpoint,
     soft_argmax,
+    soft_argmax_with_spread,
 )
 from wakemodel.train import TrainConfig
 
@@ -157,6 +158,31 @@ def test_soft_argmax_finds_peaks_at_centre_and_borders() -> None:
     torch.testing.assert_close(soft_argmax(two_peaks), torch.tensor([[[0.5, 0.5]]]))
 
 
+def test_heatmap_spread_is_small_for_one_peak_and_large_for_two() -> None:
+    one_peak = torch.full((1, 1, 5, 9), -1e4)
+    one_peak[0, 0, 2, 4] = 0.0
+    two_peaks = torch.full((1, 1, 5, 9), -1e4)
+    two_peaks[0, 0, 2, 2] = two_peaks[0, 0, 2, 6] = 0.0
+    _, one_spread = soft_argmax_with_spread(one_peak)
+    centre, two_spread = soft_argmax_with_spread(two_peaks)
+    torch.testing.assert_close(one_spread, torch.zeros(1, 1, 2), atol=1e-6, rtol=0)
+    # Peaks at x = 2/8 and 6/8: the mean is between them and the std half their distance.
+    torch.testing.assert_close(centre, torch.tensor([[[0.5, 0.5]]]))
+    torch.testing.assert_close(two_spread, torch.tensor([[[0.25, 0.0]]]), atol=1e-6, rtol=0)
+
+
+def test_forward_scales_the_spread_by_the_calibration_buffer() -> None:
+    detector = EfficientNetB0KeypointDetector().eval()
+    images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        raw = detector(images).keypoint_std
+        detector.std_scale.fill_(3.0)
+        scaled = detector(images).keypoint_std
+    assert raw.shape == (2, 3, 2) and (raw > 0).all()
+    torch.testing.assert_close(scaled, 3.0 * raw)
+    assert "std_scale" in detector.state_dict()
+
+
 def test_warmup_cosine_factor() -> None:
     factors = [
         warmup_cosine_factor(step, warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
@@ -219,6 +245,9 @@ def test_tiny_fit_logs_metrics(tmp_path: Path) -> None:
     assert all(torch.isfinite(metrics[name]) for name in expected)
     assert metrics["val/vertex_error_m"] == pytest.approx(10 * metrics["val/vertex_error_px"])
     assert 0 <= metrics["val/pck@0.05"] <= 1
+    # Validation calibrated the uncertainty scale, and the checkpointed buffer holds it.
+    assert float(metrics["val/std_scale"]) == pytest.approx(float(module.detector.std_scale))
+    assert float(module.detector.std_scale) != 1.0
     assert next(module.detector.parameters()).is_contiguous(memory_format=torch.channels_last)
     test_metrics = trainer.test(module, dataloaders=loader, verbose=False)[0]
     assert {"test/loss", "test/vertex_error_px", "test/pck@0.05"} <= set(test_metrics)
@@ -259,11 +288,20 @@ def test_fast_dev_run_and_checkpoint_round_trip(tmp_path: Path, rgb_weights) -> 
         },
         old_path,
     )
+    # Checkpoints written before the calibrated uncertainty had no std_scale buffer.
+    uncalibrated_path = tmp_path / "uncalibrated.ckpt"
+    state_dict = dict(checkpoint["state_dict"])
+    del state_dict["detector.std_scale"]
+    torch.save({**checkpoint, "state_dict": state_dict}, uncalibrated_path)
+    old_detector = detector_from_checkpoint(
+        torch.load(uncalibrated_path, map_location="cpu", weights_only=True)
+    )
+    assert float(old_detector.std_scale) == 1.0
     module.eval()
     images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     with torch.no_grad():
         expected = module(images).keypoints
-        for saved in (path, old_path):
+        for saved in (path, old_path, uncalibrated_path):
             restored = WakeKeypointModule.load_from_checkpoint(saved).eval()
             assert torch.allclose(restored(images).keypoints, expected)
             detector = detector_from_checkpoint(
@@ -307,12 +345,12 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
         (torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE),),
         str(path),
         input_names=["images"],
-        output_names=["keypoints", "visibility_logits"],
+        output_names=["keypoints", "visibility_logits", "keypoint_std"],
         dynamic_shapes=({0: torch.export.Dim("batch")},),
     )
     images = torch.rand(3, 1, IMAGE_SIZE, IMAGE_SIZE)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    keypoints, logits = session.run(None, {"images": images.numpy()})
+    keypoints, logits, keypoint_std = session.run(None, {"images": images.numpy()})
     with torch.no_grad():
         expected = detector(images)
     assert keypoints.shape == (3, 3, 2)
@@ -320,4 +358,7 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
     torch.testing.assert_close(torch.from_numpy(keypoints), expected.keypoints, atol=1e-4, rtol=0)
     torch.testing.assert_close(
         torch.from_numpy(logits), expected.visibility_logits, atol=1e-3, rtol=1e-3
+    )
+    torch.testing.assert_close(
+        torch.from_numpy(keypoint_std), expected.keypoint_std, atol=1e-4, rtol=1e-3
     )

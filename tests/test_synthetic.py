@@ -13,9 +13,12 @@ from wakemodel.cli import main
 from wakemodel.errors import InputError, WakeModelError
 from wakemodel.synthetic import (
     KELVIN_HALF_ANGLE_DEG,
+    NO_WAKE_KINDS,
     SyntheticChip,
     generate_dataset,
+    no_wake_indices,
     render_chip,
+    render_no_wake_chip,
 )
 
 
@@ -175,3 +178,179 @@ def test_cli_synth(tmp_path: Path) -> None:
     again = runner.invoke(main, ["synth", str(out), "--count", "3"])
     assert again.exit_code == 2
     assert "Error:" in again.output and "not empty" in again.output
+
+
+SMALL = {"min_size": 64, "max_size": 96}
+
+
+def _tooltips(root: Path) -> dict[str, list[dict[str, float]]]:
+    return {
+        path.stem: json.loads(path.read_text())["tooltips"]
+        for path in sorted((root / "annotations").glob("*.json"))
+    }
+
+
+@pytest.fixture(scope="module")
+def half_negative_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 chips, 64-96 px, seed 4, half of them (in expectation) without a wake."""
+    return generate_dataset(
+        tmp_path_factory.mktemp("half_negative") / "data", 40, 4, no_wake_fraction=0.5, **SMALL
+    )
+
+
+def test_zero_no_wake_fraction_gives_todays_files(tmp_path: Path) -> None:
+    default = generate_dataset(tmp_path / "default", 6, 4, **SMALL)
+    zero = generate_dataset(tmp_path / "zero", 6, 4, no_wake_fraction=0.0, **SMALL)
+    assert _hashes(zero) == _hashes(default)
+    assert all(len(tooltips) >= 2 for tooltips in _tooltips(zero).values())
+
+
+def test_about_the_requested_share_has_no_wake(half_negative_dir: Path) -> None:
+    tooltips = _tooltips(half_negative_dir)
+    empty = sorted(name for name, points in tooltips.items() if not points)
+    assert 12 <= len(empty) <= 28
+    assert empty == [f"synth_{i:06d}" for i in no_wake_indices(40, 4, 0.5)]
+    assert all(2 <= len(points) <= 3 for name, points in tooltips.items() if name not in empty)
+    for name in empty:
+        assert json.loads((half_negative_dir / "annotations" / f"{name}.json").read_text()) == {
+            "tooltips": []
+        }
+        with Image.open(half_negative_dir / "imgs" / f"{name}.png") as image:
+            assert image.mode == "L"
+            assert 64 <= image.width <= 96 and 64 <= image.height <= 96
+
+
+def test_wake_chips_do_not_depend_on_the_no_wake_fraction(
+    tmp_path: Path, half_negative_dir: Path
+) -> None:
+    plain = _hashes(generate_dataset(tmp_path / "plain", 40, 4, **SMALL))
+    mixed = _hashes(half_negative_dir)
+    negatives = {f"synth_{i:06d}" for i in no_wake_indices(40, 4, 0.5)}
+    wake_files = [name for name in mixed if Path(name).stem not in negatives]
+    assert len(wake_files) == 2 * (40 - len(negatives))
+    assert {name: mixed[name] for name in wake_files} == {name: plain[name] for name in wake_files}
+    assert all(mixed[name] != plain[name] for name in mixed if Path(name).stem in negatives)
+
+
+def test_negatives_are_deterministic_and_independent_of_count_and_workers(
+    tmp_path: Path, half_negative_dir: Path
+) -> None:
+    again = generate_dataset(tmp_path / "again", 40, 4, no_wake_fraction=0.5, workers=2, **SMALL)
+    assert _hashes(again) == _hashes(half_negative_dir)
+    other = generate_dataset(tmp_path / "other", 40, 5, no_wake_fraction=0.5, **SMALL)
+    assert _hashes(other) != _hashes(half_negative_dir)
+    assert set(no_wake_indices(20, 4, 0.5)) == {i for i in no_wake_indices(40, 4, 0.5) if i < 20}
+    assert set(no_wake_indices(40, 4, 0.3)) <= set(no_wake_indices(40, 4, 0.5))
+    assert no_wake_indices(10, 4, 1.0) == list(range(10))
+    assert no_wake_indices(10, 4, 0.0) == []
+
+
+@pytest.mark.parametrize("kind", NO_WAKE_KINDS)
+def test_no_wake_chip_kinds(kind: str) -> None:
+    for seed in range(3):
+        chip = render_no_wake_chip(np.random.default_rng(seed), 80, 64, kind)
+        assert chip.image.shape == (64, 80) and chip.image.dtype == np.uint8
+        assert chip.keypoints_px.shape == (0, 2)
+        assert chip.tooltips == []
+        assert (chip.wake_kind, chip.no_wake_kind) == ("none", kind)
+        assert math.isnan(chip.heading_deg)
+        assert math.isnan(chip.course_deg) == (kind != "vessel")
+        assert int(chip.image.max()) - int(chip.image.min()) > 100
+        if kind == "vessel":
+            # The vessel is a compact target like a wake chip's: the smoothed chip peaks there.
+            smoothed = ndimage.gaussian_filter(chip.image.astype(np.float32), 1.0)
+            row, column = np.unravel_index(int(smoothed.argmax()), smoothed.shape)
+            assert chip.image[row, column] >= 250
+            assert (chip.image >= 250).mean() < 0.01
+    drawn = {
+        render_no_wake_chip(np.random.default_rng(seed), 64, 64).no_wake_kind for seed in range(40)
+    }
+    assert drawn == set(NO_WAKE_KINDS)
+    with pytest.raises(InputError, match="smoke"):
+        render_no_wake_chip(np.random.default_rng(0), 64, 64, "smoke")
+
+
+def test_cloud_and_glint_chips_have_broad_bright_structures() -> None:
+    """Clouds and glint add large-scale contrast that open sea lacks (std of a smoothed chip)."""
+
+    def broad_contrast(kind: str) -> float:
+        chips = [
+            render_no_wake_chip(np.random.default_rng(seed), 96, 96, kind) for seed in range(8)
+        ]
+        return float(
+            np.mean(
+                [ndimage.gaussian_filter(chip.image.astype(float), 6.0).std() for chip in chips]
+            )
+        )
+
+    open_sea = broad_contrast("open_sea")
+    assert broad_contrast("clouds") > 1.6 * open_sea
+    assert broad_contrast("glint") > 1.3 * open_sea
+
+
+def test_geotiff_negatives_match_png_negatives(tmp_path: Path) -> None:
+    pytest.importorskip("rasterio")
+    from wakemodel.preprocess import read_image
+
+    pngs = generate_dataset(tmp_path / "png", 6, 1, no_wake_fraction=0.5, **SMALL)
+    tifs = generate_dataset(tmp_path / "tif", 6, 1, no_wake_fraction=0.5, geotiff=True, **SMALL)
+    negatives = no_wake_indices(6, 1, 0.5)
+    assert negatives
+    assert _tooltips(tifs) == _tooltips(pngs)
+    for index in negatives:
+        name = f"synth_{index:06d}"
+        np.testing.assert_array_equal(
+            read_image(tifs / "imgs" / f"{name}.tif"), read_image(pngs / "imgs" / f"{name}.png")
+        )
+
+
+def test_cli_synth_no_wake_fraction(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "ds"
+    options = ["--count", "8", "--seed", "4", "--min-size", "64", "--max-size", "80"]
+    result = runner.invoke(main, ["synth", str(out), *options, "--no-wake-fraction", "0.5"])
+    assert result.exit_code == 0, result.output
+    negatives = len(no_wake_indices(8, 4, 0.5))
+    assert f"Wrote 8 chips ({negatives} without a wake) to {out}" in result.output
+    assert sum(not points for points in _tooltips(out).values()) == negatives
+    for bad in ["1.5", "-0.1", "nan"]:
+        refused = runner.invoke(
+            main, ["synth", str(tmp_path / "bad"), *options, "--no-wake-fraction", bad]
+        )
+        assert refused.exit_code == 2, refused.output
+        lines = [line for line in refused.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error:")
+        assert f"No-wake fraction {float(bad)!r}" in lines[0]
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(InputError, match="2"):
+        generate_dataset(tmp_path / "bad", 2, 0, no_wake_fraction=2, **SMALL)
+
+
+def test_dataset_grid_labels_chips_without_a_wake(
+    half_negative_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wakemodel import plots
+
+    titles: list[str] = []
+    labels: list[str] = []
+    markers: list[int] = []
+
+    def capture(figure: object, out_path: Path) -> Path:
+        for ax in figure.axes:  # type: ignore[attr-defined]
+            if ax.get_title():
+                titles.append(ax.get_title())
+                labels.append(" ".join(text.get_text() for text in ax.texts))
+                markers.append(len(ax.collections) + len(ax.lines))
+        return out_path
+
+    monkeypatch.setattr(plots, "save_figure", capture)
+    plots.plot_dataset_grid(half_negative_dir, tmp_path / "grid.png", count=10)
+    negatives = {f"synth_{i:06d}" for i in no_wake_indices(10, 4, 0.5)}
+    assert 0 < len(negatives) < 10
+    assert len(titles) == 10
+    for title, label, marker_count in zip(titles, labels, markers, strict=True):
+        without = title.split("\n")[0] in negatives
+        assert ("no wake" in title) == without
+        assert ("no wake" in label) == without
+        assert "heading" in title or without
+        assert (marker_count == 0) == without

@@ -250,6 +250,7 @@ def test_train_options_are_generated_from_the_config() -> None:
         "--weight-decay",
         "--warmup-epochs",
         "--heading-weight",
+        "--wake-weight",
         "--seed",
         "--accelerator",
         "--precision",

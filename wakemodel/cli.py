@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from wakemodel import __version__
+from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
 from wakemodel.config import DEMO_EPOCHS, DEMO_IMAGE_SIZE
 from wakemodel.devices import ACCELERATORS, available_cores
 from wakemodel.download import API_URL
@@ -85,6 +86,22 @@ def _prediction_options(command: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Ground sampling distance in metres per pixel.",
         ),
+        click.option(
+            "--min-wake-score",
+            type=click.FloatRange(0.0, 1.0),
+            default=DEFAULT_MIN_WAKE_SCORE,
+            show_default=True,
+            help="Wake score (probability the chip holds a readable wake) from which a chip "
+            "gets a heading; below it the chip is reported as 'no readable wake'.",
+        ),
+        click.option(
+            "--devices",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Spread a .ckpt model over this many devices (GPUs, or CPU processes) "
+            "through Lightning's predict loop; results keep the input order.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -147,15 +164,22 @@ def infer_command(
     batch_size: int,
     tta: bool,
     gsd_m: float,
+    min_wake_score: float,
+    devices: int,
 ) -> None:
     """Find the wake in each IMAGE (files or folders) with MODEL (.ckpt, or .onnx from export).
 
     Prints, per chip, the vertex and wake ends in original-image pixels, the
-    heading (compass bearing, north up) and the wake length in pixels and metres.
+    heading (compass bearing, north up) with its 1-sigma uncertainty, the wake
+    score and the wake length in pixels and metres; a chip scoring under
+    --min-wake-score is reported as "no readable wake" (the JSON keeps the raw
+    values with "wake_found": false).
     For georeferenced chips (GeoTIFF, or a world file plus --crs or a .prj) it
     adds the vessel's latitude/longitude, its true heading, the wake length from
     the actual pixel size and, with --platforms, the nearest platforms and the
     closest point of approach; other chips get one line saying why not.
+    Folders of thousands of chips are streamed batch by batch, with a progress
+    bar on stderr when it is a terminal.
     """
     from wakemodel import infer
 
@@ -163,22 +187,27 @@ def infer_command(
     infer.check_plot_path(plot_path, len(paths))
     several = len(paths) > 1
 
-    def skip(source: str, error: WakeModelError) -> None:
-        click.echo(f"Skipping {source}: {error}", err=True)
+    with _ChipProgress(min_chips=batch_size) as progress:
 
-    report = infer.run(
-        model,
-        paths,
-        batch_size=batch_size,
-        tta=tta,
-        gsd_m=gsd_m,
-        accelerator=accelerator,
-        crs=crs,
-        platforms=platforms_csv,
-        nearest_count=nearest_count,
-        within_km=within_km,
-        on_unreadable=skip if several else None,
-    )
+        def skip(source: str, error: WakeModelError) -> None:
+            progress.echo(f"Skipping {source}: {error}")
+
+        report = infer.run(
+            model,
+            paths,
+            batch_size=batch_size,
+            tta=tta,
+            gsd_m=gsd_m,
+            accelerator=accelerator,
+            crs=crs,
+            platforms=platforms_csv,
+            nearest_count=nearest_count,
+            within_km=within_km,
+            min_wake_score=min_wake_score,
+            on_unreadable=skip if several else None,
+            progress=progress,
+            devices=devices,
+        )
     for note in report.notes:
         click.echo(note, err=True)
     json_to_stdout = _write_json(json_path, report.to_dict())
@@ -192,21 +221,76 @@ def infer_command(
 def _write_json(json_path: Path | None, document: dict[str, Any]) -> bool:
     """Write ``document`` as indented JSON to ``json_path`` (atomically) or, for ``-``, stdout.
 
+    The text is written piece by piece (``json.dump``), never held whole
+    (``json.dumps`` of 5000 predictions holds ~29 MB of pieces at once).
+
     Returns:
         True when the JSON went to stdout (the table is then left out).
     """
     if json_path is None:
         return False
     import json
+    import sys
 
-    from wakemodel._io import atomic_write_text
+    from wakemodel._io import atomic_path
 
-    text = json.dumps(document, indent=2)
     if str(json_path) == "-":
-        click.echo(text)
+        json.dump(document, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
         return True
-    atomic_write_text(json_path, text + "\n")
+    with atomic_path(json_path) as partial, partial.open("w", encoding="utf-8") as file:
+        json.dump(document, file, indent=2)
+        file.write("\n")
     return False
+
+
+def _stderr_is_terminal() -> bool:
+    """True when stderr is an interactive terminal (where progress bars go)."""
+    import sys
+
+    return sys.stderr.isatty()
+
+
+class _ChipProgress:
+    """A progress bar on stderr fed by ``progress(done, total)`` callbacks.
+
+    It appears only when stderr is a terminal and there are more than
+    ``min_chips`` chips (more than one batch), so stdout (``--json -``), logs and
+    redirected stderr stay free of it; it is finished on leaving the ``with``.
+
+    Args:
+        min_chips: Show the bar only above this many chips.
+        label: Text before the bar.
+    """
+
+    def __init__(self, min_chips: int, label: str = "Predicting") -> None:
+        self.min_chips = min_chips
+        self.label = label
+        self._bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            if total <= self.min_chips or not _stderr_is_terminal():
+                return
+            import sys
+
+            self._bar = click.progressbar(
+                length=total, label=self.label, show_pos=True, file=sys.stderr
+            )
+        self._bar.update(done - self._bar.pos)
+
+    def echo(self, message: str) -> None:
+        """Print one line on stderr above the bar (on its own line when a bar is shown)."""
+        click.echo(("\r\033[K" if self._bar is not None else "") + message, err=True)
+
+    def __enter__(self) -> _ChipProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.render_finish()
+            self._bar = None
 
 
 def _prediction_table(predictions: list[Any]) -> str:
@@ -229,7 +313,8 @@ def _prediction_table(predictions: list[Any]) -> str:
     "--plots",
     "plots_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Write predictions.png, errors.png and (with a training log) history.png here.",
+    help="Write predictions.png, errors.png, calibration.png and (with a training log) "
+    "history.png here.",
 )
 @click.option(
     "--history",
@@ -245,23 +330,22 @@ def evaluate_command(
     json_path: Path | None,
     plots_dir: Path | None,
     history_log: Path | None,
-    accelerator: str,
-    batch_size: int,
-    tta: bool,
-    gsd_m: float,
+    **prediction_options: Any,
 ) -> None:
     """Measure MODEL on the annotated chips of DATA_DIR (imgs/ + annotations/).
 
     Prints median, mean and 90th percentile of the vertex error (pixels, metres,
-    fraction of wake length), heading error (degrees) and PCK@5%, and the share
+    fraction of wake length), heading error (degrees) and PCK@5%, the share
     of chips within the published bounds (vertex < 10% of wake length, heading
-    < 10 degrees).
+    < 10 degrees), and how far the predicted uncertainty and the wake score can
+    be trusted (Spearman, confident-chip p90, interval coverage, wake recall,
+    rejection of chips without a wake, ROC AUC). Chips are streamed batch by
+    batch, with a progress bar on stderr when it is a terminal.
     """
     from wakemodel.evaluate import evaluate, find_training_log
 
-    report = evaluate(
-        model, data_dir, batch_size=batch_size, tta=tta, gsd_m=gsd_m, accelerator=accelerator
-    )
+    with _ChipProgress(min_chips=prediction_options["batch_size"]) as progress:
+        report = evaluate(model, data_dir, progress=progress, **prediction_options)
     json_to_stdout = _write_json(json_path, report.to_dict())
     if not json_to_stdout:
         click.echo(report.format_table())
@@ -271,6 +355,7 @@ def evaluate_command(
         saved = [
             report.plot_predictions(plots_dir / "predictions.png"),
             report.plot_errors(plots_dir / "errors.png"),
+            report.plot_calibration(plots_dir / "calibration.png"),
         ]
         run_log = history_log or find_training_log(model)
         if run_log is not None:
@@ -327,23 +412,12 @@ def plot_predictions_command(
     out: Path,
     count: int,
     worst: bool,
-    accelerator: str,
-    batch_size: int,
-    tta: bool,
-    gsd_m: float,
+    **prediction_options: Any,
 ) -> None:
     """Plot a grid of DATA_DIR chips with ground truth and MODEL's predictions."""
     from wakemodel.evaluate import evaluate
 
-    report = evaluate(
-        model,
-        data_dir,
-        batch_size=batch_size,
-        tta=tta,
-        gsd_m=gsd_m,
-        accelerator=accelerator,
-        limit=None if worst else count,
-    )
+    report = evaluate(model, data_dir, limit=None if worst else count, **prediction_options)
     click.echo(f"Saved {report.plot_predictions(out, count=count, worst=worst)}")
 
 
@@ -362,18 +436,43 @@ def plot_errors_command(
     model: Path,
     data_dir: Path,
     out: Path,
-    accelerator: str,
-    batch_size: int,
-    tta: bool,
-    gsd_m: float,
+    **prediction_options: Any,
 ) -> None:
     """Plot MODEL's vertex and heading error distributions on DATA_DIR, bounds marked."""
     from wakemodel.evaluate import evaluate
 
-    report = evaluate(
-        model, data_dir, batch_size=batch_size, tta=tta, gsd_m=gsd_m, accelerator=accelerator
-    )
+    report = evaluate(model, data_dir, **prediction_options)
     click.echo(f"Saved {report.plot_errors(out)}")
+
+
+@plot.command("calibration")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="calibration.png",
+    show_default=True,
+    help="Output image file.",
+)
+@_prediction_options
+def plot_calibration_command(
+    model: Path,
+    data_dir: Path,
+    out: Path,
+    **prediction_options: Any,
+) -> None:
+    """Plot MODEL's actual heading error against its predicted uncertainty on DATA_DIR.
+
+    Also the observed against the promised coverage of its intervals and, when
+    DATA_DIR holds chips without a wake (empty tooltips), the wake-score
+    distributions of wakes and non-wakes with the --min-wake-score threshold.
+    """
+    from wakemodel.evaluate import evaluate
+
+    report = evaluate(model, data_dir, **prediction_options)
+    click.echo(report.format_calibration())
+    click.echo(f"Saved {report.plot_calibration(out)}")
 
 
 def _click_type(spec: Any, hint: Any) -> Any:
@@ -438,13 +537,14 @@ def train_command(config_file: Path | None, **options: Any) -> None:
     The run folder holds config.yaml (the settings, for --config), metrics.csv
     and checkpoints/ (the best checkpoint and last.ckpt, for --resume). Prints
     the device at the start and, at the end, the best epoch, its validation
-    metrics and the paths.
+    metrics and the paths. With several processes (DDP) only the first prints.
     """
     from wakemodel.train import train
 
     config = _train_config(click.get_current_context(), config_file, options)
     result = train(config)
-    click.echo(_train_summary(result))
+    if result.is_global_zero:
+        click.echo(_train_summary(result))
 
 
 def _train_config(ctx: click.Context, config_file: Path | None, options: dict[str, Any]) -> Any:
@@ -547,6 +647,14 @@ def _train_summary(result: Any) -> str:
     help="Write georeferenced GeoTIFF chips (imgs/*.tif: UTM 31N/32N, 10 m pixels, "
     "North Sea) instead of PNGs; same pixels and annotations.",
 )
+@click.option(
+    "--no-wake-fraction",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share (0 to 1) of chips without a wake (open sea, clouds, glint, a lone vessel), "
+    'annotated {"tooltips": []}; the wake chips stay the same.',
+)
 def synth_command(
     out_dir: Path,
     count: int,
@@ -555,9 +663,10 @@ def synth_command(
     max_size: int,
     workers: int | None,
     geotiff: bool,
+    no_wake_fraction: float,
 ) -> None:
     """Write COUNT synthetic Sentinel-2 wake chips to OUT_DIR in the dataset's layout."""
-    from wakemodel.synthetic import generate_dataset
+    from wakemodel.synthetic import generate_dataset, no_wake_indices
 
     if workers is None:
         workers = available_cores()
@@ -569,8 +678,13 @@ def synth_command(
         max_size=max_size,
         workers=workers,
         geotiff=geotiff,
+        no_wake_fraction=no_wake_fraction,
     )
-    click.echo(f"Wrote {count} chips to {root} (imgs/{'*.tif' if geotiff else ''}, annotations/).")
+    no_wake = len(no_wake_indices(count, seed, no_wake_fraction))
+    without = f" ({no_wake} without a wake)" if no_wake_fraction > 0 else ""
+    click.echo(
+        f"Wrote {count} chips{without} to {root} (imgs/{'*.tif' if geotiff else ''}, annotations/)."
+    )
     click.echo(f"Next: python cli.py plot dataset {root} --out dataset.png")
 
 

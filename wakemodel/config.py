@@ -48,6 +48,9 @@ class ModelDefaults:
         epochs: Training epochs (the length of the learning-rate schedule).
         dropout: Dropout probability before the visibility head.
         heading_weight: Weight of the wake-axis (heading) loss; 0 turns it off.
+        wake_weight: Weight of the wake-score loss (BCE of the vertex visibility
+            against "the chip holds a wake"); it matters on data with chips
+            without a wake.
     """
 
     image_size: int = 224
@@ -57,6 +60,7 @@ class ModelDefaults:
     epochs: int = 100
     dropout: float = 0.2
     heading_weight: float = 0.0
+    wake_weight: float = 0.5
 
 
 MODEL_DEFAULTS = ModelDefaults()
@@ -151,6 +155,14 @@ class TrainConfig:
         metadata=_cli(
             "Weight of the wake-axis loss (1 - cosine between the predicted and true "
             "vertex-minus-far-end directions; 0: off).",
+            min=0,
+        ),
+    )
+    wake_weight: float = field(
+        default=MODEL_DEFAULTS.wake_weight,
+        metadata=_cli(
+            "Weight of the wake-score loss (BCE of 'the chip holds a readable wake'; "
+            "learned from chips annotated with an empty tooltips list).",
             min=0,
         ),
     )

@@ -7,7 +7,10 @@ Dataset layout (Del Prete et al., Zenodo 7947694)::
 
 Keypoint 0 is the wake vertex (the vessel); keypoints 1 and 2 are the far ends of
 the wake components, in no meaningful order. Chips with 2 keypoints are padded to
-3 slots with coordinate 0.0 and ``visible=False``.
+3 slots with coordinate 0.0 and ``visible=False``. A chip without a readable wake
+(a negative, e.g. from ``python cli.py synth --no-wake-fraction``) has an empty
+list, ``{"tooltips": []}``: all 3 slots are padding (:attr:`WakeRecord.has_wake`
+False).
 
 Pixel coordinates are continuous (pixel ``(i, j)`` covers ``[i, i+1) x [j, j+1)``).
 Targets are normalised by the original width and height (``x / width``,
@@ -65,7 +68,7 @@ class WakeRecord:
         width: Original chip width (pixels).
         height: Original chip height (pixels).
         keypoints_px: float32 ``[3, 2]`` (x, y) in original pixels; padding rows are 0.0.
-        visible: bool ``[3]``; False marks a padding slot.
+        visible: bool ``[3]``; False marks a padding slot (all False: no wake).
     """
 
     image_path: Path
@@ -83,6 +86,11 @@ class WakeRecord:
     def name(self) -> str:
         """Sample name: the image file name without extension."""
         return self.image_path.stem
+
+    @property
+    def has_wake(self) -> bool:
+        """Whether the chip has an annotated wake (False for a negative, all slots padding)."""
+        return bool(self.visible.any())
 
     @property
     def keypoints_norm(self) -> np.ndarray:
@@ -109,10 +117,12 @@ def _parse_keypoints(annotation_path: Path, width: int, height: int) -> np.ndarr
     """Parse and validate an annotation's tooltips.
 
     Returns:
-        float32 ``[K, 2]`` with 2 <= K <= 3, inside ``[0, width] x [0, height]``.
+        float32 ``[K, 2]`` with K = 0 (no wake) or 2 <= K <= 3, inside
+        ``[0, width] x [0, height]``.
 
     Raises:
-        _UnusableSampleError: Malformed JSON, missing tooltips, bad or too few/many points.
+        _UnusableSampleError: Malformed JSON, missing tooltips, a bad point, 1
+            point or more than 3.
     """
     try:
         content = json.loads(annotation_path.read_text(encoding="utf-8"))
@@ -128,8 +138,12 @@ def _parse_keypoints(annotation_path: Path, width: int, height: int) -> np.ndarr
         ):
             raise _UnusableSampleError(annotation_path, "malformed keypoint")
         points.append(coordinates)
-    if len(points) < 2:
-        raise _UnusableSampleError(annotation_path, "fewer than 2 keypoints")
+    if not points:
+        return np.zeros((0, 2), dtype=np.float32)
+    if len(points) == 1:
+        raise _UnusableSampleError(
+            annotation_path, "1 keypoint (use 0 for a chip without a wake, or 2-3)"
+        )
     if len(points) > NUM_KEYPOINTS:
         raise _UnusableSampleError(annotation_path, f"more than {NUM_KEYPOINTS} keypoints")
     keypoints = np.asarray(points, dtype=np.float64)
@@ -178,11 +192,13 @@ def _required_dir(path: Path) -> Path:
 def scan_dataset(root: str | os.PathLike[str]) -> list[WakeRecord]:
     """Find and validate the annotated chips of a dataset.
 
-    Each unusable sample (unreadable image, malformed JSON, missing ``tooltips``,
-    malformed point, fewer than 2 or more than 3 points, a NaN point, a point
+    An empty ``tooltips`` list is a chip without a wake (a negative: every slot
+    invisible). Each unusable sample (unreadable image, malformed JSON, missing
+    ``tooltips``, malformed point, 1 point or more than 3, a NaN point, a point
     outside ``[0, width] x [0, height]``, an annotation without image, an image
     without annotation) is skipped with one warning naming the file and the
-    reason; a one-line summary is logged at INFO level.
+    reason; a one-line summary is logged at INFO level (with the number of
+    chips without a wake, when there are any).
 
     Args:
         root: Dataset root holding ``imgs/`` and ``annotations/``.
@@ -230,8 +246,12 @@ def scan_dataset(root: str | os.PathLike[str]) -> list[WakeRecord]:
             skip(error.path, error.reason)
 
     reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
-    summary = f"kept {len(records)}, skipped {sum(skipped.values())}" + (
-        f" ({reasons})" if reasons else ""
+    no_wake = sum(not record.has_wake for record in records)
+    summary = (
+        f"kept {len(records)}"
+        + (f" ({no_wake} without a wake)" if no_wake else "")
+        + f", skipped {sum(skipped.values())}"
+        + (f" ({reasons})" if reasons else "")
     )
     if not records:
         raise WakeModelError(f"No usable samples in {root} ({summary}); {_MISSING_DATA_HINT}.")
@@ -257,7 +277,7 @@ class WakeDataset(Dataset[dict[str, torch.Tensor]]):
 
         image       float32 [1, S, S] in [0, 1] (augmented when ``augment`` is set)
         keypoints   float32 [3, 2] normalised to [0, 1] by the (augmented) S x S image
-        visible     bool [3]
+        visible     bool [3] (all False for a chip without a wake)
         orig_size   float32 [2] (width, height) of the original chip in pixels
         index       int64 scalar, position in :attr:`records`
 

@@ -7,6 +7,7 @@ the image functions, never imports Lightning.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any, get_args
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.accelerators import CUDAAccelerator, MPSAccelerator
-from torch.utils.data import DataLoader
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from wakemodel.augment import BatchWakeAugmentation, WakeAugmentation
 from wakemodel.config import AugmentPlace
@@ -58,8 +60,19 @@ def augment_place(augment_on: str, device_type: str | None) -> str:
     return "device" if device_type in ("cuda", "mps") else "workers"
 
 
+def _split_summary(parts: Mapping[str, Sequence[WakeRecord]]) -> str:
+    """``train 80, val 10, test 10``, with ``(N without a wake)`` after a split that has any."""
+    texts = []
+    for name in SPLIT_NAMES:
+        no_wake = sum(not record.has_wake for record in parts[name])
+        texts.append(
+            f"{name} {len(parts[name])}" + (f" ({no_wake} without a wake)" if no_wake else "")
+        )
+    return ", ".join(texts)
+
+
 class WakeDataModule(pl.LightningDataModule):
-    """Train/val loaders over a wake dataset held in memory.
+    """Train/val/test loaders over a wake dataset held in memory.
 
     :meth:`setup` scans and splits the dataset once and decodes only the
     splits its stage needs (:data:`STAGE_SPLITS`: ``fit`` train + val,
@@ -77,10 +90,17 @@ class WakeDataModule(pl.LightningDataModule):
     module to be passed to the Trainer, and a LightningModule overriding
     ``on_after_batch_transfer`` too makes Lightning warn and still use this one.
 
+    Under multi-process training (DDP, ``trainer.world_size > 1``) Lightning
+    shards the training set (padding it so every process gets as many
+    batches). The validation and test loaders instead get an unrepeated
+    sampler (:meth:`evaluation_sampler`): every chip is seen by exactly one
+    process, no padding duplicates, and the epoch metrics (torchmetrics) are
+    reduced over all processes.
+
     Args:
         data_dir: Dataset root holding ``imgs/`` and ``annotations/``.
         image_size: Network input side S (pixels).
-        batch_size: Chips per batch.
+        batch_size: Chips per batch (per process under DDP).
         num_workers: Loader worker processes; None picks ``min(4, cores - 1)``.
         seed: Seed of the split and of the training shuffle.
         split: (train, val, test) fractions, used when ``split_files`` is None.
@@ -178,11 +198,7 @@ class WakeDataModule(pl.LightningDataModule):
                 self._parts = split_records_by_files(records, self.split_files)
             else:
                 self._parts = split_records(records, self.seed, self.split)
-            logger.info(
-                "Split %s: %s",
-                self.data_dir,
-                ", ".join(f"{name} {len(self._parts[name])}" for name in SPLIT_NAMES),
-            )
+            logger.info("Split %s: %s", self.data_dir, _split_summary(self._parts))
         for name in missing:
             augment: Augmentation | None = None
             if name == "train":
@@ -220,14 +236,52 @@ class WakeDataModule(pl.LightningDataModule):
             self.setup({"train": "fit", "val": "validate", "test": "test"}[name])
         return self.datasets[name]
 
-    def _loader(self, dataset: WakeDataset, train: bool) -> DataLoader[dict[str, torch.Tensor]]:
+    def evaluation_sampler(self, dataset: WakeDataset, split: str) -> DistributedSampler | None:
+        """The unrepeated shard of ``dataset`` for this process under DDP, else None.
+
+        Each process gets every ``world_size``-th chip starting at its global
+        rank (in name order), so the shards may differ by one chip and no chip
+        is repeated; Lightning keeps a distributed sampler it is given.
+
+        Args:
+            dataset: The validation or test set.
+            split: Its name, for the error message.
+
+        Returns:
+            An ``UnrepeatedDistributedSampler`` when the attached trainer runs
+            several processes, else None (the loader's plain order).
+
+        Raises:
+            InputError: The split has fewer chips than there are processes (a
+                process without a batch would stall the metric reduction).
+        """
+        trainer = self.trainer
+        world_size = 1 if trainer is None else trainer.world_size
+        if world_size <= 1:
+            return None
+        if len(dataset) < world_size:
+            raise InputError(
+                f"the {split} split has {len(dataset)} chips, fewer than the {world_size} "
+                "training processes; use fewer devices or a larger dataset."
+            )
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=world_size, rank=trainer.global_rank, shuffle=False
+        )
+
+    def _loader(
+        self, dataset: WakeDataset, train: bool, sampler: DistributedSampler | None = None
+    ) -> DataLoader[dict[str, torch.Tensor]]:
+        # Under DDP each process trains on its shard of ceil(len / world_size) chips.
+        world_size = 1 if self.trainer is None else max(1, self.trainer.world_size)
+        per_process = math.ceil(len(dataset) / world_size)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=sampler,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
             # A last batch of one chip breaks BatchNorm in training; drop the remainder.
-            drop_last=train and len(dataset) > self.batch_size,
+            drop_last=train and per_process > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -257,5 +311,11 @@ class WakeDataModule(pl.LightningDataModule):
         return self._loader(self.train_dataset, train=True)
 
     def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
-        """Validation batches in name order."""
-        return self._loader(self.val_dataset, train=False)
+        """Validation batches in name order (this process's shard under DDP)."""
+        dataset = self.val_dataset
+        return self._loader(dataset, train=False, sampler=self.evaluation_sampler(dataset, "val"))
+
+    def test_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
+        """Test batches in name order (this process's shard under DDP)."""
+        dataset = self.test_dataset
+        return self._loader(dataset, train=False, sampler=self.evaluation_sampler(dataset, "test"))

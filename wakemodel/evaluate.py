@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wakemodel.infer import KeypointPredictor, Prediction, predict
+from wakemodel import calibration
+from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
+from wakemodel.infer import KeypointPredictor, Prediction, ProgressCallback, predict
 from wakemodel.metrics import DEFAULT_GSD_M
 
 if TYPE_CHECKING:
@@ -59,9 +61,12 @@ class EvaluationReport:
         data_dir: Dataset root (``imgs/`` + ``annotations/``).
         names: Image file names, one per sample ``[N]``.
         errors: Metric name -> per-sample values float ``[N]`` (see ``METRIC_NAMES``;
-            pixels, metres, fraction of wake length, degrees, fraction of keypoints).
-        summary: Aggregate figures: ``count``, per metric ``{median, mean, p90}``
-            and the shares within the published thresholds.
+            pixels, metres, fraction of wake length, degrees, fraction of
+            keypoints); NaN for chips without a wake.
+        summary: Aggregate figures: ``count``, ``wakes`` and ``no_wake`` (chips
+            with and without a wake), per metric ``{median, mean, p90}`` and the
+            shares within the published thresholds (over the chips with a wake),
+            and ``calibration`` (:func:`wakemodel.calibration.calibration_summary`).
         predictions: The model's predictions ``[N]``.
         target_keypoints_px: Ground-truth keypoints float ``[N, 3, 2]`` (pixels).
         target_visible: Ground-truth visibility bool ``[N, 3]``.
@@ -76,6 +81,22 @@ class EvaluationReport:
     target_keypoints_px: np.ndarray = field(repr=False)
     target_visible: np.ndarray = field(repr=False)
     gsd_m: float = DEFAULT_GSD_M
+    min_wake_score: float = DEFAULT_MIN_WAKE_SCORE
+
+    @property
+    def has_wake(self) -> np.ndarray:
+        """Bool ``[N]``: the annotation holds a wake (a visible vertex)."""
+        return self.target_visible[:, 0]
+
+    @property
+    def heading_std_deg(self) -> np.ndarray:
+        """Predicted 1-sigma heading uncertainty per chip, float ``[N]`` (degrees)."""
+        return np.array([p.heading_std_deg for p in self.predictions], dtype=np.float64)
+
+    @property
+    def wake_score(self) -> np.ndarray:
+        """Predicted wake score per chip, float ``[N]`` in [0, 1]."""
+        return np.array([p.wake_score for p in self.predictions], dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: summary, published thresholds and per-sample errors."""
@@ -87,8 +108,17 @@ class EvaluationReport:
                 "vertex_error_frac_below": PUBLISHED_VERTEX_ERROR_FRAC,
                 "heading_error_deg_below": PUBLISHED_HEADING_ERROR_DEG,
             },
+            "min_wake_score": self.min_wake_score,
             "samples": [
-                {"name": name, **{key: _json_number(self.errors[key][i]) for key in METRIC_NAMES}}
+                {
+                    "name": name,
+                    "has_wake": bool(self.has_wake[i]),
+                    **{key: _json_number(self.errors[key][i]) for key in METRIC_NAMES},
+                    "heading_std_deg": _json_number(self.predictions[i].heading_std_deg),
+                    "vertex_std_px": _json_number(self.predictions[i].vertex_std_px),
+                    "wake_score": _json_number(self.predictions[i].wake_score),
+                    "wake_found": bool(self.predictions[i].wake_found),
+                }
                 for i, name in enumerate(self.names)
             ],
         }
@@ -96,7 +126,10 @@ class EvaluationReport:
     def format_table(self) -> str:
         """The summary as a plain-text table beside the published figures."""
         header = f"{'metric':<28}{'median':>10}{'mean':>10}{'p90':>10}   published"
-        lines = [f"{self.summary['count']} chips in {self.data_dir}", header, "-" * len(header)]
+        counted = f"{self.summary['count']} chips in {self.data_dir}"
+        if self.summary["no_wake"]:
+            counted += f" ({self.summary['no_wake']} without a wake; errors over the wakes)"
+        lines = [counted, header, "-" * len(header)]
         published = {
             "vertex_error_frac": f"< {PUBLISHED_VERTEX_ERROR_FRAC:.0%}",
             "heading_error_deg": f"< {PUBLISHED_HEADING_ERROR_DEG:g}",
@@ -117,7 +150,32 @@ class EvaluationReport:
             f"{'share heading < 10 deg':<28}"
             f"{_format_number(self.summary['share_heading_within_threshold'], True):>10}"
         )
+        lines.append(self.format_calibration())
         return "\n".join(lines)
+
+    def format_calibration(self) -> str:
+        """How far the uncertainties and wake scores can be trusted, beside the targets."""
+        return calibration.format_calibration(self.summary["calibration"])
+
+    def plot_calibration(self, path: str | os.PathLike[str]) -> Path:
+        """Save actual heading error against predicted uncertainty, coverage and wake scores.
+
+        Args:
+            path: Output image file.
+
+        Returns:
+            The written path.
+        """
+        from wakemodel.plots import plot_calibration
+
+        return plot_calibration(
+            self.errors["heading_error_deg"],
+            self.heading_std_deg,
+            self.wake_score,
+            self.has_wake,
+            path,
+            min_wake_score=self.min_wake_score,
+        )
 
     def plot_predictions(
         self, path: str | os.PathLike[str], count: int = 12, *, worst: bool = False
@@ -138,7 +196,8 @@ class EvaluationReport:
 
         heading_errors = self.errors["heading_error_deg"]
         if worst:
-            order = np.argsort(-np.nan_to_num(heading_errors, nan=np.inf), kind="stable")
+            ranked = np.where(self.has_wake, np.nan_to_num(heading_errors, nan=np.inf), -1.0)
+            order = np.argsort(-ranked, kind="stable")
         else:
             order = np.arange(len(self.predictions))
         shown = order[: min(count, len(self.predictions))]
@@ -193,20 +252,26 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def summarize(errors: dict[str, np.ndarray]) -> dict[str, Any]:
+def summarize(errors: dict[str, np.ndarray], has_wake: np.ndarray | None = None) -> dict[str, Any]:
     """Aggregate per-sample errors.
 
     Args:
         errors: Metric name -> float ``[N]`` (NaN where undefined, ignored).
+        has_wake: Bool ``[N]``, the chips whose annotation holds a wake; the
+            others (NaN errors) are left out of the shares. Default: all.
 
     Returns:
-        ``{"count": N, "metrics": {name: {"median", "mean", "p90"}},
-        "share_vertex_within_threshold": fraction of chips with vertex error
-        under 10 % of the wake length, "share_heading_within_threshold":
-        fraction with heading error under 10 degrees}``; undefined errors count
-        as outside the thresholds.
+        ``{"count": N, "wakes": chips with a wake, "no_wake": chips without,
+        "metrics": {name: {"median", "mean", "p90"}},
+        "share_vertex_within_threshold": fraction of the chips with a wake
+        whose vertex error is under 10 % of the wake length,
+        "share_heading_within_threshold": fraction with heading error under 10
+        degrees}``; undefined errors of chips with a wake count as outside the
+        thresholds.
     """
     count = len(next(iter(errors.values()))) if errors else 0
+    has_wake = np.ones(count, dtype=bool) if has_wake is None else np.asarray(has_wake, bool)
+    wakes = int(has_wake.sum())
     stats: dict[str, dict[str, float]] = {}
     for key in METRIC_NAMES:
         values = np.asarray(errors[key], dtype=np.float64)
@@ -220,16 +285,18 @@ def summarize(errors: dict[str, np.ndarray]) -> dict[str, Any]:
             if finite.size
             else {"median": math.nan, "mean": math.nan, "p90": math.nan}
         )
-    vertex_frac = np.nan_to_num(errors["vertex_error_frac"], nan=np.inf)
-    heading = np.nan_to_num(errors["heading_error_deg"], nan=np.inf)
+    vertex_frac = np.nan_to_num(errors["vertex_error_frac"][has_wake], nan=np.inf)
+    heading = np.nan_to_num(errors["heading_error_deg"][has_wake], nan=np.inf)
     return {
         "count": count,
+        "wakes": wakes,
+        "no_wake": count - wakes,
         "metrics": stats,
         "share_vertex_within_threshold": float(np.mean(vertex_frac < PUBLISHED_VERTEX_ERROR_FRAC))
-        if count
+        if wakes
         else math.nan,
         "share_heading_within_threshold": float(np.mean(heading < PUBLISHED_HEADING_ERROR_DEG))
-        if count
+        if wakes
         else math.nan,
     }
 
@@ -243,8 +310,14 @@ def evaluate(
     gsd_m: float = DEFAULT_GSD_M,
     accelerator: str = "auto",
     limit: int | None = None,
+    min_wake_score: float = DEFAULT_MIN_WAKE_SCORE,
+    progress: ProgressCallback | None = None,
+    devices: int = 1,
 ) -> EvaluationReport:
     """Predict every chip of a dataset and measure the errors.
+
+    Chips are streamed batch by batch (:func:`wakemodel.infer.iter_predictions`);
+    only the annotations, the predictions and the errors are kept.
 
     Args:
         model: A checkpoint path, a loaded ``WakeKeypointModule`` or any
@@ -255,16 +328,25 @@ def evaluate(
         gsd_m: Ground sampling distance (metres per pixel).
         accelerator: Device choice when ``model`` is a path.
         limit: Evaluate only the first ``limit`` chips (in dataset order); None: all.
+        min_wake_score: Wake-score threshold of ``wake_found`` and of the wake
+            recall / rejection figures.
+        progress: Called as ``progress(done, total)`` after each batch of chips
+            (see :data:`wakemodel.infer.ProgressCallback`).
+        devices: Above 1, a ``.ckpt`` model runs on that many devices (GPUs, or
+            CPU processes) through Lightning's predict loop.
 
     Returns:
         The per-sample errors and their summary.
 
     Raises:
         WakeModelError: The dataset is empty or unreadable, or the model cannot be loaded.
+        InputError: ``devices`` is above 1 for an ONNX or in-memory model.
     """
     from wakemodel import metrics
     from wakemodel.data import scan_dataset
+    from wakemodel.infer import _check_devices
 
+    _check_devices(model, devices)  # before the dataset scan: a bad option fails at once
     root = Path(data_dir)
     records = scan_dataset(root)[:limit]
     predictions = predict(
@@ -274,6 +356,9 @@ def evaluate(
         tta=tta,
         gsd_m=gsd_m,
         accelerator=accelerator,
+        min_wake_score=min_wake_score,
+        progress=progress,
+        devices=devices,
     )
     orig_size = np.array([[r.width, r.height] for r in records], dtype=np.float32)
     target_px = np.stack([r.keypoints_px for r in records]).astype(np.float32)
@@ -289,15 +374,25 @@ def evaluate(
         gsd_m=gsd_m,
     )
     errors = {key: np.asarray(per_sample[key], dtype=np.float64) for key in METRIC_NAMES}
+    has_wake = target_visible[:, 0]
+    summary = summarize(errors, has_wake)
+    summary["calibration"] = calibration.calibration_summary(
+        errors["heading_error_deg"],
+        np.array([p.heading_std_deg for p in predictions], dtype=np.float64),
+        np.array([p.wake_score for p in predictions], dtype=np.float64),
+        has_wake,
+        min_wake_score=min_wake_score,
+    )
     return EvaluationReport(
         data_dir=root,
         names=[record.image_path.name for record in records],
         errors=errors,
-        summary=summarize(errors),
+        summary=summary,
         predictions=predictions,
         target_keypoints_px=target_px,
         target_visible=target_visible,
         gsd_m=gsd_m,
+        min_wake_score=min_wake_score,
     )
 
 

@@ -87,7 +87,9 @@ def _metadata(image_size: int, precision: str, source: Path) -> dict[str, str]:
         ),
         METADATA_KEYS["outputs"]: (
             "keypoints [B,3,2] (x, y) normalised by the original width and height, "
-            "slot 0 vertex, slots 1-2 wake ends; visibility [B,3] probabilities"
+            "slot 0 vertex, slots 1-2 wake ends; visibility [B,3] probabilities "
+            "(slot 0: wake score); keypoint_std [B,3,2] calibrated 1-sigma x, y spread, "
+            "normalised like keypoints"
         ),
         METADATA_KEYS["precision"]: precision,
         METADATA_KEYS["version"]: __version__,
@@ -96,7 +98,7 @@ def _metadata(image_size: int, precision: str, source: Path) -> dict[str, str]:
 
 
 def _export_module(detector: torch.nn.Module) -> torch.nn.Module:
-    """Wrap a detector so its forward returns ``(keypoints, visibility probabilities)``."""
+    """Wrap a detector so its forward returns the :data:`OUTPUT_NAMES` outputs, in order."""
     import torch
 
     class _Exported(torch.nn.Module):
@@ -104,9 +106,9 @@ def _export_module(detector: torch.nn.Module) -> torch.nn.Module:
             super().__init__()
             self.network = network
 
-        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            keypoints, visibility_logits = self.network(images)
-            return keypoints, torch.sigmoid(visibility_logits)
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            keypoints, visibility_logits, keypoint_std = self.network(images)
+            return keypoints, torch.sigmoid(visibility_logits), keypoint_std
 
     return _Exported(detector).eval()
 

@@ -5,7 +5,8 @@ backend (:mod:`wakemodel.predictors`: a checkpoint or an ONNX file) ->
 keypoints in original pixels -> heading and wake length
 (:mod:`wakemodel.keypoints`) -> georeference and platforms
 (:mod:`wakemodel.georef`, only for chips that may be georeferenced) -> JSON,
-table and plots. :func:`predict` gives the predictions alone; :func:`run` gives
+table and plots. :func:`predict` gives the predictions alone (:func:`iter_predictions`
+batch by batch, for folders of thousands of chips); :func:`run` gives
 an :class:`InferenceReport` holding everything ``python cli.py infer`` prints.
 
 Test-time augmentation averages over the 8 dihedral transforms of the network
@@ -26,16 +27,24 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wakemodel import keypoints as kp
 from wakemodel import preprocess
+from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
 from wakemodel.errors import InputError, WakeModelError
 from wakemodel.keypoints import KEYPOINT_NAMES
 from wakemodel.metrics import DEFAULT_GSD_M
 from wakemodel.predictors import KeypointPredictor, Predictor, TorchPredictor, load_predictor
+from wakemodel.tta import (
+    dihedral_transforms,
+    predict_batch,
+    transform_images,
+    untransform_keypoints,
+    untransform_spread,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -50,21 +59,26 @@ __all__ = [
     "KeypointPredictor",
     "Prediction",
     "Predictor",
+    "ProgressCallback",
     "TorchKeypointPredictor",
     "as_predictor",
     "check_plot_path",
+    "dihedral_transforms",
     "find_images",
     "format_table",
+    "iter_predictions",
     "load_model",
     "predict",
     "predict_batch",
     "run",
+    "transform_images",
+    "untransform_keypoints",
+    "untransform_spread",
 ]
 
 logger = logging.getLogger(__name__)
 
-ImageInput = Union[str, "os.PathLike[str]", np.ndarray]
-"""One chip: a path to an image file, or a raw grey image array ``[H, W]``."""
+ImageInput = preprocess.ImageInput
 
 TorchKeypointPredictor = TorchPredictor
 """The torch backend (:class:`wakemodel.predictors.TorchPredictor`), by its old name."""
@@ -74,6 +88,15 @@ load_model = load_predictor
 
 PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 """``--plot`` targets with these suffixes are one file; anything else is a folder."""
+
+ProgressCallback = Callable[[int, int], None]
+"""``progress(done, total)``: called after each batch with the chips handled so far
+(readable or skipped) and the chips in all; ``done`` ends at ``total``."""
+
+PREFETCH = True
+"""Read and preprocess the next batch of chips in a background thread while the model
+runs on the current one (at most two batches of pixels in memory); False reads them
+in the calling thread only."""
 
 
 @dataclass
@@ -87,10 +110,19 @@ class Prediction:
         keypoints_px: float ``[3, 2]`` (x, y) pixels; slot 0 is the vertex
             (vessel), slots 1-2 the wake ends (their order is meaningless).
         visible: bool ``[3]``; the vertex and at least one end are always
-            visible, since every chip is taken to hold a wake.
+            visible: the keypoints are the model's best reading even when
+            ``wake_found`` is False.
         visibility: float ``[3]`` visibility probabilities in [0, 1].
         heading_deg: Compass bearing of the vessel in degrees [0, 360), north
             up, from the far end point towards the vertex.
+        keypoint_std_px: float ``[3]`` 1-sigma spread of each keypoint per axis
+            (pixels; NaN when the model gives no uncertainty).
+        heading_std_deg: 1-sigma heading uncertainty (degrees; the 90 %
+            interval is ``heading_deg +- 1.645 * heading_std_deg``).
+        wake_score: Probability in [0, 1] that the chip holds a readable wake
+            (the vertex visibility).
+        wake_found: ``wake_score`` reached the ``min_wake_score`` threshold; when
+            False the heading is reported as "no readable wake".
         wake_length_px: Vertex to far end point distance (pixels).
         wake_length_m: The same in metres (``wake_length_px * gsd_m``; for a
             georeferenced chip, measured on the ellipsoid).
@@ -111,8 +143,17 @@ class Prediction:
     wake_length_px: float
     wake_length_m: float
     gsd_m: float
+    keypoint_std_px: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
+    heading_std_deg: float = math.nan
+    wake_score: float = math.nan
+    wake_found: bool = True
     geo: GeoLocation | None = None
     geo_note: str | None = None
+
+    @property
+    def vertex_std_px(self) -> float:
+        """1-sigma spread of the vertex per axis (pixels)."""
+        return float(self.keypoint_std_px[kp.VERTEX_SLOT])
 
     @property
     def keypoints_norm(self) -> np.ndarray:
@@ -136,12 +177,22 @@ class Prediction:
                     "y": round(float(y), 3),
                     "visible": bool(visible),
                     "visibility": round(float(probability), 4),
+                    "std_px": _json_float(std_px, 2),
                 }
-                for name, (x, y), visible, probability in zip(
-                    KEYPOINT_NAMES, self.keypoints_px, self.visible, self.visibility, strict=True
+                for name, (x, y), visible, probability, std_px in zip(
+                    KEYPOINT_NAMES,
+                    self.keypoints_px,
+                    self.visible,
+                    self.visibility,
+                    self.keypoint_std_px,
+                    strict=True,
                 )
             ],
+            "wake_found": bool(self.wake_found),
+            "wake_score": _json_float(self.wake_score, 4),
             "heading_deg": _json_float(self.heading_deg, 2),
+            "heading_std_deg": _json_float(self.heading_std_deg, 2),
+            "vertex_std_px": _json_float(self.vertex_std_px, 2),
             "wake_length_px": _json_float(self.wake_length_px, 2),
             "wake_length_m": _json_float(self.wake_length_m, 1),
             "gsd_m": self.gsd_m,
@@ -212,128 +263,41 @@ def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return paths
 
 
-def _read(item: ImageInput) -> tuple[str | None, np.ndarray]:
-    """Read one chip as ``(source, raw grey image float32 [H, W])``."""
-    if isinstance(item, np.ndarray):
-        if item.ndim != 2 or min(item.shape) < 1:
-            raise InputError(
-                f"Image arrays must be 2-D grey [H, W], got shape {item.shape}; "
-                "convert colour chips with wakemodel.preprocess.read_image."
-            )
-        return None, item.astype(np.float32, copy=False)
-    path = Path(item)
-    if not path.is_file():
-        raise WakeModelError(f"Image not found: {path}; check the path.")
-    return str(path), preprocess.read_image(path)
-
-
-def dihedral_transforms() -> list[tuple[bool, bool, bool]]:
-    """The 8 symmetries of the square as ``(transpose, flip_x, flip_y)``, identity first.
-
-    Each is applied to an image ``[..., S, S]`` in that order: swap the axes,
-    then mirror left-right, then mirror up-down.
-    """
-    return [(t, fx, fy) for t in (False, True) for fx in (False, True) for fy in (False, True)]
-
-
-def transform_images(images: np.ndarray, transform: tuple[bool, bool, bool]) -> np.ndarray:
-    """Apply a dihedral transform to square images ``[..., S, S]`` (returns a copy)."""
-    transpose, flip_x, flip_y = transform
-    if transpose:
-        images = np.swapaxes(images, -1, -2)
-    if flip_x:
-        images = images[..., :, ::-1]
-    if flip_y:
-        images = images[..., ::-1, :]
-    return np.ascontiguousarray(images)
-
-
-def untransform_keypoints(keypoints: np.ndarray, transform: tuple[bool, bool, bool]) -> np.ndarray:
-    """Map normalised keypoints ``[..., 2]`` predicted on a transformed input back.
-
-    Exact in continuous coordinates: a mirror maps ``x -> 1 - x`` (``W - x``
-    in pixels), a transpose swaps x and y.
-
-    Args:
-        keypoints: (x, y) normalised in [0, 1] on the transformed image.
-        transform: The ``(transpose, flip_x, flip_y)`` used on the input.
-
-    Returns:
-        (x, y) normalised on the original image, same shape.
-    """
-    transpose, flip_x, flip_y = transform
-    restored = np.array(keypoints, dtype=np.float64, copy=True)
-    if flip_y:
-        restored[..., 1] = 1.0 - restored[..., 1]
-    if flip_x:
-        restored[..., 0] = 1.0 - restored[..., 0]
-    if transpose:
-        restored = restored[..., ::-1].copy()
-    return restored
-
-
-def _as_numpy(value: Any) -> np.ndarray:
-    """A float64 numpy copy of a numpy array or torch tensor."""
-    if hasattr(value, "detach"):
-        value = value.detach().float().cpu().numpy()
-    return np.asarray(value, dtype=np.float64)
-
-
-def _run(predictor: KeypointPredictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``predictor`` on float ``[B,1,S,S]``; keypoints ``[B,3,2]``, visibility ``[B,3]``."""
-    keypoints, visibility = predictor(images)
-    return _as_numpy(keypoints), _as_numpy(visibility)
-
-
-def predict_batch(
-    predictor: KeypointPredictor, images: np.ndarray, *, tta: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Predict on one batch of network inputs, optionally with dihedral TTA.
-
-    With ``tta`` each of the 8 dihedral transforms of the square input is
-    predicted, its keypoints are mapped back exactly, its two wake ends are
-    aligned to those of the untransformed prediction (their order is
-    meaningless) with :func:`wakemodel.keypoints.match_arm_order`, and the
-    keypoints and visibility probabilities are averaged. numpy only.
-
-    Args:
-        predictor: The model backend.
-        images: float32 ``[B, 1, S, S]`` in [0, 1].
-        tta: Average over the 8 dihedral transforms.
-
-    Returns:
-        Normalised keypoints float ``[B, 3, 2]`` and visibility probabilities ``[B, 3]``.
-    """
-    if not tta:
-        return _run(predictor, images)
-    reference, reference_visibility = _run(predictor, images)
-    all_slots = np.ones(reference.shape[:-1], dtype=bool)
-    keypoint_sum, visibility_sum = reference.copy(), reference_visibility.copy()
-    transforms = dihedral_transforms()
-    for transform in transforms[1:]:
-        predicted, visibility = _run(predictor, transform_images(images, transform))
-        restored = untransform_keypoints(predicted, transform)
-        order = kp.match_arm_order(reference, restored, all_slots)
-        keypoint_sum += kp.permute_slots(restored, order)
-        visibility_sum += kp.permute_slots(visibility, order)
-    return keypoint_sum / len(transforms), visibility_sum / len(transforms)
-
-
 def _chunks(items: Sequence[ImageInput], size: int) -> Iterator[Sequence[ImageInput]]:
     """Consecutive slices of ``items`` of at most ``size`` elements."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def _check_run_options(batch_size: int, gsd_m: float) -> None:
-    """Reject a batch size below 1 or a non-positive ground sampling distance."""
+def _check_run_options(batch_size: int, gsd_m: float, min_wake_score: float) -> None:
+    """Reject a batch size below 1, a non-positive GSD or a wake score threshold outside [0, 1]."""
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}.")
     if not gsd_m > 0:
         raise InputError(f"gsd_m must be a positive number of metres per pixel, got {gsd_m}.")
+    if not 0.0 <= min_wake_score <= 1.0:
+        raise InputError(f"min_wake_score must be a probability in [0, 1], got {min_wake_score}.")
 
 
-def predict(
+def _check_devices(model: Any, devices: int) -> None:
+    """Reject a device count below 1, and several devices for anything but a checkpoint path."""
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise InputError(f"devices must be a positive integer, got {devices!r}.")
+    if devices == 1:
+        return
+    if not isinstance(model, (str, os.PathLike)):
+        raise InputError(
+            f"--devices {devices} needs a .ckpt checkpoint path (Lightning's predict loop), "
+            f"not a {type(model).__name__}; use devices=1."
+        )
+    if Path(model).suffix.lower() == ".onnx":
+        raise InputError(
+            f"--devices {devices} is for .ckpt checkpoints; run the ONNX model {model} "
+            "with --devices 1 (ONNX Runtime uses the CPU cores)."
+        )
+
+
+def iter_predictions(
     model: KeypointPredictor | torch.nn.Module | str | os.PathLike[str],
     images: Iterable[ImageInput],
     *,
@@ -341,9 +305,18 @@ def predict(
     tta: bool = False,
     gsd_m: float = DEFAULT_GSD_M,
     accelerator: str = "auto",
+    min_wake_score: float = DEFAULT_MIN_WAKE_SCORE,
     on_unreadable: Callable[[str, WakeModelError], None] | None = None,
-) -> list[Prediction]:
-    """Find the wake in each chip.
+    progress: ProgressCallback | None = None,
+    devices: int = 1,
+) -> Iterator[Prediction]:
+    """Find the wake in each chip, yielding the predictions batch by batch.
+
+    Chips are read, preprocessed and predicted ``batch_size`` at a time (the
+    next batch is read in a background thread, see :data:`PREFETCH`), so at
+    most two batches of pixels are held whatever the number of chips; a
+    :class:`Prediction` takes about 1 kB. The options are checked and the model
+    is loaded when this is called; the chips are read as the iterator is consumed.
 
     Args:
         model: A ``.ckpt``/``.onnx`` path, a loaded ``WakeKeypointModule`` or any
@@ -354,60 +327,259 @@ def predict(
         tta: Average over the 8 flips/rotations of the network input.
         gsd_m: Ground sampling distance (metres per pixel) for the wake length.
         accelerator: Device choice when ``model`` is a path.
+        min_wake_score: Wake score (probability) from which a chip counts as
+            holding a readable wake (``Prediction.wake_found``).
         on_unreadable: Called with ``(source, error)`` for an image that cannot
             be read, which is then skipped; when None the error is raised.
+        progress: Called as ``progress(done, total)`` after each batch (see
+            :data:`ProgressCallback`).
+        devices: Above 1, a ``.ckpt`` model runs on that many devices (GPUs, or
+            CPU processes) through Lightning's predict loop
+            (:func:`wakemodel.predict_loop.predict_on_devices`); the predictions
+            then all come at the end, still in input order.
+
+    Returns:
+        An iterator over one :class:`Prediction` per readable image, in input order.
+
+    Raises:
+        WakeModelError: The model cannot be loaded, or (while iterating) an
+            image cannot be read (without ``on_unreadable``).
+        InputError: ``batch_size`` or ``gsd_m`` is not positive, or ``devices``
+            is above 1 for an ONNX model or an in-memory one.
+    """
+    _check_run_options(batch_size, gsd_m, min_wake_score)
+    _check_devices(model, devices)
+    stream = _prediction_stream(
+        model,
+        list(images),
+        batch_size=batch_size,
+        tta=tta,
+        gsd_m=gsd_m,
+        accelerator=accelerator,
+        min_wake_score=min_wake_score,
+        on_unreadable=on_unreadable,
+        progress=progress,
+        devices=devices,
+    )
+    return (prediction for prediction, _ in stream)
+
+
+def predict(
+    model: KeypointPredictor | torch.nn.Module | str | os.PathLike[str],
+    images: Iterable[ImageInput],
+    *,
+    batch_size: int = 16,
+    tta: bool = False,
+    gsd_m: float = DEFAULT_GSD_M,
+    accelerator: str = "auto",
+    min_wake_score: float = DEFAULT_MIN_WAKE_SCORE,
+    on_unreadable: Callable[[str, WakeModelError], None] | None = None,
+    progress: ProgressCallback | None = None,
+    devices: int = 1,
+) -> list[Prediction]:
+    """Find the wake in each chip (the list of :func:`iter_predictions`).
+
+    Args:
+        model: A ``.ckpt``/``.onnx`` path, a loaded ``WakeKeypointModule`` or any
+            :class:`KeypointPredictor`.
+        images: Image paths (8/16-bit grey, RGB or RGBA; PNG or TIFF; any
+            size) and/or raw grey arrays ``[H, W]``.
+        batch_size: Chips per network call.
+        tta: Average over the 8 flips/rotations of the network input.
+        gsd_m: Ground sampling distance (metres per pixel) for the wake length.
+        accelerator: Device choice when ``model`` is a path.
+        min_wake_score: Wake score (probability) from which a chip counts as
+            holding a readable wake (``Prediction.wake_found``).
+        on_unreadable: Called with ``(source, error)`` for an image that cannot
+            be read, which is then skipped; when None the error is raised.
+        progress: Called as ``progress(done, total)`` after each batch.
+        devices: Devices for a ``.ckpt`` model (above 1: Lightning's predict loop).
 
     Returns:
         One :class:`Prediction` per readable image, in input order.
 
     Raises:
         WakeModelError: An image cannot be read (without ``on_unreadable``).
-        InputError: ``batch_size`` or ``gsd_m`` is not positive.
+        InputError: ``batch_size`` or ``gsd_m`` is not positive, or ``devices``
+            is above 1 for a model that is not a checkpoint path.
     """
-    _check_run_options(batch_size, gsd_m)
-    predictor = as_predictor(model, accelerator=accelerator)
-    return [
-        prediction
-        for prediction, _ in _predict(
-            predictor, list(images), batch_size, tta, gsd_m, on_unreadable
+    return list(
+        iter_predictions(
+            model,
+            images,
+            batch_size=batch_size,
+            tta=tta,
+            gsd_m=gsd_m,
+            accelerator=accelerator,
+            min_wake_score=min_wake_score,
+            on_unreadable=on_unreadable,
+            progress=progress,
+            devices=devices,
         )
-    ]
+    )
 
 
-def _predict(
+def _prediction_stream(
+    model: KeypointPredictor | torch.nn.Module | str | os.PathLike[str],
+    items: list[ImageInput],
+    *,
+    batch_size: int,
+    tta: bool,
+    gsd_m: float,
+    accelerator: str,
+    min_wake_score: float,
+    on_unreadable: Callable[[str, WakeModelError], None] | None,
+    progress: ProgressCallback | None,
+    devices: int,
+) -> Iterator[tuple[Prediction, ImageInput]]:
+    """Load the model now and return the (lazy) pairs of prediction and input item.
+
+    One device streams batch by batch in this process; several run
+    :func:`wakemodel.predict_loop.predict_on_devices` (Lightning) at once.
+    """
+    if devices > 1:
+        from wakemodel.predict_loop import predict_on_devices
+
+        outputs = predict_on_devices(
+            model,
+            items,
+            devices=devices,
+            accelerator=accelerator,
+            batch_size=batch_size,
+            tta=tta,
+            progress=progress,
+        )
+        return iter(_device_predictions(items, outputs, gsd_m, min_wake_score, on_unreadable))
+    predictor = as_predictor(model, accelerator=accelerator)
+    return _stream(
+        predictor, items, batch_size, tta, gsd_m, min_wake_score, on_unreadable, progress
+    )
+
+
+@dataclass
+class _Chunk:
+    """One batch of chips, read and preprocessed.
+
+    Attributes:
+        items: The readable input items, in order.
+        sources: Their paths (None for arrays).
+        sizes: Their original (width, height) in pixels.
+        images: float32 ``[B, 1, S, S]`` in [0, 1], or None when none was readable.
+        failures: ``(source, error)`` of each unreadable item, in order.
+        count: Items in the batch, readable or not.
+    """
+
+    items: list[ImageInput]
+    sources: list[str | None]
+    sizes: list[tuple[int, int]]
+    images: np.ndarray | None
+    failures: list[tuple[str, WakeModelError]]
+    count: int
+
+
+def _read_chunk(chunk: Sequence[ImageInput], image_size: int) -> _Chunk:
+    """Read and preprocess one batch of items; unreadable ones are listed, not raised."""
+    kept: list[ImageInput] = []
+    sources: list[str | None] = []
+    sizes: list[tuple[int, int]] = []
+    inputs: list[np.ndarray] = []
+    failures: list[tuple[str, WakeModelError]] = []
+    for item in chunk:
+        try:
+            source, raw = preprocess.read_chip(item)
+        except WakeModelError as exc:
+            failures.append((preprocess.chip_label(item), exc))
+            continue
+        kept.append(item)
+        sources.append(source)
+        sizes.append((raw.shape[1], raw.shape[0]))
+        inputs.append(preprocess.preprocess_image(raw, image_size))
+    images = np.stack(inputs).astype(np.float32) / np.float32(255.0) if inputs else None
+    return _Chunk(kept, sources, sizes, images, failures, len(chunk))
+
+
+def _read_chunks(items: list[ImageInput], batch_size: int, image_size: int) -> Iterator[_Chunk]:
+    """The batches of ``items``, read one ahead in a background thread when :data:`PREFETCH`."""
+    chunks = _chunks(items, batch_size)
+    if not PREFETCH or len(items) <= batch_size:
+        for chunk in chunks:
+            yield _read_chunk(chunk, image_size)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    # PIL decoding and resizing release the GIL, so reading overlaps the network call.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wakemodel-read") as pool:
+        pending = pool.submit(_read_chunk, next(chunks), image_size)
+        for chunk in chunks:
+            ready = pending.result()
+            pending = pool.submit(_read_chunk, chunk, image_size)
+            yield ready
+        yield pending.result()
+
+
+def _stream(
     predictor: KeypointPredictor,
     items: list[ImageInput],
     batch_size: int,
     tta: bool,
     gsd_m: float,
+    min_wake_score: float,
+    on_unreadable: Callable[[str, WakeModelError], None] | None,
+    progress: ProgressCallback | None,
+) -> Iterator[tuple[Prediction, ImageInput]]:
+    """Predict each readable item (each read once), batch by batch: pairs of prediction and item."""
+    done = 0
+    for chunk in _read_chunks(items, batch_size, predictor.image_size):
+        for source, error in chunk.failures:
+            if on_unreadable is None:
+                raise error
+            on_unreadable(source, error)
+        predictions: list[Prediction] = []
+        if chunk.images is not None:
+            outputs = predict_batch(predictor, chunk.images, tta=tta)
+            predictions = _to_predictions(
+                chunk.sources, chunk.sizes, *outputs, gsd_m, min_wake_score
+            )
+        done += chunk.count
+        if progress is not None:
+            progress(done, len(items))
+        yield from zip(predictions, chunk.items, strict=True)
+
+
+def _device_predictions(
+    items: list[ImageInput],
+    outputs: dict[str, np.ndarray],
+    gsd_m: float,
+    min_wake_score: float,
     on_unreadable: Callable[[str, WakeModelError], None] | None,
 ) -> list[tuple[Prediction, ImageInput]]:
-    """Predict each readable item (each read once); pairs of prediction and input item."""
-    results: list[tuple[Prediction, ImageInput]] = []
-    for chunk in _chunks(items, batch_size):
-        kept: list[ImageInput] = []
-        sources: list[str | None] = []
-        sizes: list[tuple[int, int]] = []
-        inputs: list[np.ndarray] = []
-        for item in chunk:
-            try:
-                source, raw = _read(item)
-            except WakeModelError as exc:
-                if on_unreadable is None:
-                    raise
-                on_unreadable(str(item) if not isinstance(item, np.ndarray) else "<array>", exc)
-                continue
-            kept.append(item)
-            sources.append(source)
-            sizes.append((raw.shape[1], raw.shape[0]))
-            inputs.append(preprocess.preprocess_image(raw, predictor.image_size))
-        if not inputs:
-            continue
-        batch = np.stack(inputs).astype(np.float32) / np.float32(255.0)
-        keypoints_norm, visibility = predict_batch(predictor, batch, tta=tta)
-        predictions = _to_predictions(sources, sizes, keypoints_norm, visibility, gsd_m)
-        results.extend(zip(predictions, kept, strict=True))
-    return results
+    """Build the predictions of :func:`wakemodel.predict_loop.predict_on_devices`'s arrays.
+
+    The unreadable chips are reported (or the first raised) in input order.
+    """
+    if not outputs:
+        return []
+    readable = outputs["error"] == ""
+    for index in np.flatnonzero(~readable):
+        error = WakeModelError(str(outputs["error"][index]))
+        if on_unreadable is None:
+            raise error
+        on_unreadable(preprocess.chip_label(items[index]), error)
+    kept = np.flatnonzero(readable)
+    if kept.size == 0:
+        return []
+    sources = [None if isinstance(items[i], np.ndarray) else str(Path(items[i])) for i in kept]
+    sizes = [(int(w), int(h)) for w, h in outputs["size"][kept]]
+    predictions = _to_predictions(
+        sources,
+        sizes,
+        outputs["keypoints"][kept],
+        outputs["visibility"][kept],
+        outputs["keypoint_std"][kept],
+        gsd_m,
+        min_wake_score,
+    )
+    return list(zip(predictions, [items[i] for i in kept], strict=True))
 
 
 def _to_predictions(
@@ -415,13 +587,19 @@ def _to_predictions(
     sizes: list[tuple[int, int]],
     keypoints_norm: np.ndarray,
     visibility: np.ndarray,
+    keypoint_std: np.ndarray,
     gsd_m: float,
+    min_wake_score: float,
 ) -> list[Prediction]:
-    """Build predictions from normalised keypoints ``[B,3,2]`` and probabilities ``[B,3]``."""
+    """Build predictions from normalised keypoints and std ``[B,3,2]``, probabilities ``[B,3]``."""
     orig_size = np.array(sizes, dtype=np.float64)
     visible = kp.predicted_visibility(visibility)
     keypoints_px = kp.to_pixels(keypoints_norm, orig_size)
+    keypoint_std_px = kp.to_pixels(keypoint_std, orig_size)
     heading = kp.heading_deg(keypoints_px, visible)
+    heading_std = kp.heading_std_deg(keypoints_px, keypoint_std_px, visible)
+    radius_px = kp.keypoint_radius_px(keypoint_std_px)
+    wake_score = visibility[:, kp.VERTEX_SLOT]
     length_px = kp.wake_length_px(keypoints_px, visible)
     return [
         Prediction(
@@ -435,13 +613,22 @@ def _to_predictions(
             wake_length_px=float(length_px[i]),
             wake_length_m=float(length_px[i]) * gsd_m,
             gsd_m=gsd_m,
+            keypoint_std_px=radius_px[i],
+            heading_std_deg=float(heading_std[i]),
+            wake_score=float(wake_score[i]),
+            wake_found=bool(wake_score[i] >= min_wake_score),
         )
         for i, (source, (width, height)) in enumerate(zip(sources, sizes, strict=True))
     ]
 
 
 def format_table(predictions: Sequence[Prediction]) -> str:
-    """Predictions as a plain-text table: keypoints (pixels), heading (degrees), length (px, m).
+    """Predictions as a plain-text table.
+
+    Columns: keypoints (pixels), heading with its 1-sigma uncertainty
+    (degrees), wake score, wake length (pixels, metres). A chip whose wake
+    score is under the threshold shows "no readable wake" and its score
+    instead of keypoints, heading and length.
 
     Args:
         predictions: The predictions, one row each; invisible keypoints show as ``-``.
@@ -451,23 +638,35 @@ def format_table(predictions: Sequence[Prediction]) -> str:
     """
 
     def point(prediction: Prediction, slot: int) -> str:
-        if not prediction.visible[slot]:
+        if not (prediction.wake_found and prediction.visible[slot]):
             return "-"
         x, y = prediction.keypoints_px[slot]
         return f"({x:.1f}, {y:.1f})"
 
+    def heading(prediction: Prediction) -> str:
+        if math.isnan(prediction.heading_std_deg):
+            return f"{prediction.heading_deg:.1f}°"
+        return f"{prediction.heading_deg:.1f}° ± {prediction.heading_std_deg:.1f}"
+
     header = (
         f"{'image':<24} {'vertex x,y px':>16} {'end 1 x,y px':>16} {'end 2 x,y px':>16} "
-        f"{'heading':>8} {'length px':>10} {'length m':>10}"
+        f"{'heading ± 1σ':>15} {'wake':>5} {'length px':>10} {'length m':>10}"
     )
     rows = [header]
     for prediction in predictions:
         name = Path(prediction.source).name if prediction.source else "<array>"
-        rows.append(
+        row = (
             f"{name:<24} {point(prediction, 0):>16} {point(prediction, 1):>16} "
-            f"{point(prediction, 2):>16} {prediction.heading_deg:>7.1f}° "
-            f"{prediction.wake_length_px:>10.1f} {prediction.wake_length_m:>10.0f}"
+            f"{point(prediction, 2):>16} "
         )
+        if prediction.wake_found:
+            row += (
+                f"{heading(prediction):>15} {prediction.wake_score:>5.2f} "
+                f"{prediction.wake_length_px:>10.1f} {prediction.wake_length_m:>10.0f}"
+            )
+        else:
+            row += f"{'no readable wake':>15} {prediction.wake_score:>5.2f}"
+        rows.append(row)
     return "\n".join(rows)
 
 
@@ -590,14 +789,19 @@ def run(
     platforms: str | os.PathLike[str] | Platforms | None = None,
     nearest_count: int = 1,
     within_km: float | None = None,
+    min_wake_score: float = DEFAULT_MIN_WAKE_SCORE,
     on_unreadable: Callable[[str, WakeModelError], None] | None = None,
+    progress: ProgressCallback | None = None,
+    devices: int = 1,
 ) -> InferenceReport:
     """Run the whole inference chain: predictions, geo fields, notes (what ``infer`` prints).
 
     Geo options are checked (and platforms read) before the model is loaded.
     :mod:`wakemodel.georef` (pyproj, rasterio) is imported only when ``crs`` or
     ``platforms`` is given or a chip may be georeferenced (a TIFF, or a world
-    file beside it; see :func:`wakemodel.geofiles.georeference_hint`).
+    file beside it; see :func:`wakemodel.geofiles.georeference_hint`). Chips are
+    streamed batch by batch (see :func:`iter_predictions`); the report keeps the
+    predictions and, for files, only the paths.
 
     Args:
         model: A ``.ckpt``/``.onnx`` path, a loaded ``WakeKeypointModule`` or any
@@ -614,8 +818,15 @@ def run(
         nearest_count: Platforms listed per vessel.
         within_km: Flag vessels closer than this to their nearest platform (km;
             needs ``platforms``).
+        min_wake_score: Wake score from which a chip counts as holding a
+            readable wake; below it the table says "no readable wake".
         on_unreadable: Called with ``(source, error)`` for an unreadable image,
             which is then skipped; when None the error is raised.
+        progress: Called as ``progress(done, total)`` after each batch (see
+            :data:`ProgressCallback`).
+        devices: Above 1, a ``.ckpt`` model runs on that many devices (GPUs, or
+            CPU processes) through Lightning's predict loop; the predictions keep
+            the input order.
 
     Returns:
         The report (``to_dict()`` is the ``--json`` document).
@@ -623,9 +834,11 @@ def run(
     Raises:
         WakeModelError: Bad geo options, geo options without rasterio/pyproj,
             an unreadable model or image, or no readable image at all.
-        InputError: Bad ``batch_size``, ``gsd_m``, ``crs`` or ``nearest_count``.
+        InputError: Bad ``batch_size``, ``gsd_m``, ``crs``, ``nearest_count`` or
+            ``devices`` (above 1 for an ONNX or in-memory model).
     """
-    _check_run_options(batch_size, gsd_m)
+    _check_run_options(batch_size, gsd_m, min_wake_score)
+    _check_devices(model, devices)
     requested = crs is not None or platforms is not None
     platforms = _read_geo_options(crs, platforms, within_km)
     items: list[ImageInput] = []
@@ -634,8 +847,20 @@ def run(
             items.append(item)
         else:
             items.extend(find_images([item]))
-    predictor = as_predictor(model, accelerator=accelerator)
-    results = _predict(predictor, items, batch_size, tta, gsd_m, on_unreadable)
+    results = list(
+        _prediction_stream(
+            model,
+            items,
+            batch_size=batch_size,
+            tta=tta,
+            gsd_m=gsd_m,
+            accelerator=accelerator,
+            min_wake_score=min_wake_score,
+            on_unreadable=on_unreadable,
+            progress=progress,
+            devices=devices,
+        )
+    )
     if not results:
         raise WakeModelError("None of the images could be read; see the lines above.")
     predictions, notes = _add_geo_fields(

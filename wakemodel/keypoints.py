@@ -112,6 +112,54 @@ def heading_deg(keypoints_px: Array, visible: Array) -> Array:
     return xp.remainder(bearing, 360.0)
 
 
+HEADING_STD_MAX_DEG = 180.0 / math.sqrt(3.0)
+"""Standard deviation of a bearing spread evenly over the circle (no heading at all), degrees."""
+
+
+def heading_std_deg(keypoints_px: Array, keypoint_std_px: Array, visible: Array) -> Array:
+    """Heading uncertainty propagated from the keypoints' positional spread.
+
+    The far end is the mean of the visible wake ends, so its spread is theirs
+    divided by their count; the heading moves with the spread across the
+    wake axis, divided by the wake length (small-angle), capped at
+    :data:`HEADING_STD_MAX_DEG`.
+
+    Args:
+        keypoints_px: ``[..., 3, 2]`` keypoints in original pixels.
+        keypoint_std_px: ``[..., 3, 2]`` standard deviation of each keypoint's
+            x and y, in original pixels.
+        visible: Bool ``[..., 3]``.
+
+    Returns:
+        ``[...]`` 1-sigma heading uncertainty in degrees; NaN where no far end is visible.
+    """
+    xp = namespace(keypoints_px)
+    axis = keypoints_px[..., VERTEX_SLOT, :] - far_end_px(keypoints_px, visible)
+    axis_length = length(axis)
+    across = xp.stack([-axis[..., 1], axis[..., 0]], -1) / axis_length[..., None]
+    variance_across = (keypoint_std_px**2 * across[..., None, :] ** 2).sum(-1)
+    ends_visible = visible[..., 1:]
+    end_count = cast(ends_visible.sum(-1), keypoints_px)
+    ends_variance = xp.where(ends_visible, variance_across[..., 1:], 0.0).sum(-1)
+    far_variance = ends_variance / xp.clip(end_count, 1, None) ** 2
+    spread = xp.sqrt(variance_across[..., VERTEX_SLOT] + far_variance)
+    std_deg = xp.clip(xp.rad2deg(spread / axis_length), None, HEADING_STD_MAX_DEG)
+    return xp.where(end_count > 0, std_deg, math.nan)
+
+
+def keypoint_radius_px(keypoint_std_px: Array) -> Array:
+    """Isotropic spread of each keypoint: the root mean square of its x and y std.
+
+    Args:
+        keypoint_std_px: ``[..., K, 2]`` std of x and y in pixels.
+
+    Returns:
+        ``[..., K]`` per-keypoint 1-sigma spread in pixels (per axis).
+    """
+    xp = namespace(keypoint_std_px)
+    return xp.sqrt((keypoint_std_px**2).mean(-1))
+
+
 def angle_difference_deg(a: Any, b: Any) -> Any:
     """Smallest absolute difference between two bearings (the angular error).
 

@@ -124,7 +124,8 @@ def keypoint_errors(
         ``vertex_error_m`` (metres), ``vertex_error_frac`` (vertex error / true
         wake length), ``heading_error_deg`` (degrees [0, 180]) and ``pck``
         (fraction of visible keypoints within 5 % of the chip diagonal).
-        Entries are NaN where undefined (no visible far end).
+        Entries are NaN where undefined (no visible far end; every entry of a
+        chip without a wake, whose target has no visible keypoint).
     """
     xp = namespace(pred_norm)
     pred_norm = xp.asarray(pred_norm, dtype=xp.float32)
@@ -133,7 +134,7 @@ def keypoint_errors(
     target_visible = xp.asarray(target_visible, dtype=xp.bool)
     pred_px = to_pixels(pred_norm, orig_size)
     target_px = to_pixels(target_norm, orig_size)
-    vertex_px = vertex_error_px(pred_px, target_px)
+    vertex_px = xp.where(target_visible[..., 0], vertex_error_px(pred_px, target_px), math.nan)
     pred_heading = heading_deg(pred_px, predicted_visibility(pred_visible))
     target_heading = heading_deg(target_px, target_visible)
     diagonal_px = length(orig_size)

@@ -16,11 +16,15 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.nn.functional import binary_cross_entropy_with_logits
 from torchmetrics import MeanMetric
 from torchmetrics.aggregation import CatMetric
 
+from wakemodel import keypoints as kp
+from wakemodel.calibration import fit_std_scale
 from wakemodel.config import MODEL_DEFAULTS
 from wakemodel.errors import InputError
+from wakemodel.keypoints import VERTEX_SLOT
 from wakemodel.losses import (
     heatmap_loss,
     keypoint_loss,
@@ -30,10 +34,12 @@ from wakemodel.losses import (
 )
 from wakemodel.metrics import DEFAULT_GSD_M, keypoint_errors
 from wakemodel.network import (
+    DETECTOR_PREFIX,
     NUM_KEYPOINTS,
     EfficientNetB0KeypointDetector,
     KeypointOutput,
-    soft_argmax,
+    add_missing_buffers,
+    soft_argmax_with_spread,
 )
 
 MEDIAN_METRICS = ("vertex_error_px", "vertex_error_m", "vertex_error_frac", "heading_error_deg")
@@ -117,11 +123,20 @@ class WakeKeypointModule(pl.LightningModule):
     Batches are dicts ``{"image": [B,1,S,S] in [0,1], "keypoints": [B,3,2]
     normalised, "visible": bool [B,3], "orig_size": [B,2] (width_px, height_px),
     "index": [B]}``. Logged: ``train/loss`` (per step), and per epoch for
-    ``val/`` and ``test/``: ``loss`` (mean),
+    ``val/`` and ``test/``: ``loss`` (mean of the chips' losses),
     ``vertex_error_px``, ``vertex_error_m``, ``vertex_error_frac``,
     ``heading_error_deg`` (medians over the epoch) and ``pck@0.05`` (mean).
     :attr:`monitor` names the metric that selects the best checkpoint and
-    :attr:`mode` whether lower or higher is better.
+    :attr:`mode` whether lower or higher is better. Under DDP every logged
+    value is reduced over all processes.
+
+    Chips without a wake (no visible keypoint) train only the visibility
+    logits, whose vertex slot is the wake score; their keypoint terms are
+    masked out. After every validation epoch the network's ``std_scale`` is
+    refitted so that the predicted 90 % heading intervals hold 90 % of the
+    validation chips' heading errors (:func:`wakemodel.calibration.fit_std_scale`,
+    logged as ``val/std_scale``); each checkpoint carries the calibration of
+    its own epoch.
 
     Gradient clipping is not done here: set ``gradient_clip_val`` on the Trainer.
     With ``channels_last`` the network is converted to channels-last memory
@@ -149,6 +164,8 @@ class WakeKeypointModule(pl.LightningModule):
         visibility_weight: Weight of the visibility BCE in the loss.
         loss_beta: Smooth-L1 transition point in normalised coordinates.
         heatmap_weight: Weight of the heatmap cross-entropy regulariser (0: off).
+        wake_weight: Weight of the wake-score BCE (vertex visibility logit
+            against "the chip holds a wake"; chips without a wake teach it).
         heading_weight: Weight of the wake-axis loss
             (:func:`wakemodel.losses.wake_axis_loss`, in original-chip pixels; 0: off).
         dropout: Dropout before the visibility head.
@@ -177,6 +194,7 @@ class WakeKeypointModule(pl.LightningModule):
         loss_beta: float = 0.02,
         heatmap_weight: float = 0.25,
         heading_weight: float = MODEL_DEFAULTS.heading_weight,
+        wake_weight: float = MODEL_DEFAULTS.wake_weight,
         dropout: float = MODEL_DEFAULTS.dropout,
         channels_last: bool = True,
     ) -> None:
@@ -190,6 +208,11 @@ class WakeKeypointModule(pl.LightningModule):
         )
         self.val_metrics = _stage_metrics()
         self.test_metrics = _stage_metrics()
+        # Batch-size-weighted mean losses, reduced over all processes at the epoch's end.
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.val_heading_error = CatMetric(nan_strategy="ignore")
+        self.val_raw_heading_std = CatMetric(nan_strategy="ignore")
         self.example_input_array = torch.zeros(1, 1, image_size, image_size)
 
     def forward(self, images: Tensor) -> KeypointOutput:
@@ -208,11 +231,19 @@ class WakeKeypointModule(pl.LightningModule):
         times a heatmap cross-entropy against Gaussians at the targets (arms in
         the order the keypoint loss matched), a DSNT-style regulariser that gives
         every heatmap cell a learning signal and speeds up convergence, plus
+        ``wake_weight`` times the wake-score BCE, plus
         ``heading_weight`` times the wake-axis loss, which punishes a heading
         off its true direction (most of all a reversed one).
         """
         heatmap_logits, visibility_logits = self.detector.heatmaps(batch["image"])
-        output = KeypointOutput(soft_argmax(heatmap_logits), visibility_logits)
+        return self._loss_from_logits(batch, heatmap_logits, visibility_logits)
+
+    def _loss_from_logits(
+        self, batch: Mapping[str, Tensor], heatmap_logits: Tensor, visibility_logits: Tensor
+    ) -> tuple[KeypointOutput, Tensor]:
+        """The output and loss (scalar) of :meth:`_forward_with_loss` from the heads' logits."""
+        keypoints, spread = soft_argmax_with_spread(heatmap_logits)
+        output = KeypointOutput(keypoints, visibility_logits, spread * self.detector.std_scale)
         loss = keypoint_loss(
             output.keypoints,
             output.visibility_logits,
@@ -221,6 +252,11 @@ class WakeKeypointModule(pl.LightningModule):
             visibility_weight=self.hparams.visibility_weight,
             beta=self.hparams.loss_beta,
         )
+        if self.hparams.wake_weight > 0:
+            has_wake = batch["visible"][:, VERTEX_SLOT].to(output.visibility_logits.dtype)
+            loss = loss + self.hparams.wake_weight * binary_cross_entropy_with_logits(
+                output.visibility_logits[:, VERTEX_SLOT].float(), has_wake.float()
+            )
         if self.hparams.heatmap_weight > 0 or self.hparams.heading_weight > 0:
             order = match_arm_order(
                 output.keypoints, batch["keypoints"], batch["visible"], beta=self.hparams.loss_beta
@@ -248,16 +284,34 @@ class WakeKeypointModule(pl.LightningModule):
             on_epoch=False,
             prog_bar=True,
             batch_size=batch["image"].shape[0],
+            sync_dist=True,  # the mean over all processes' batches (one all-reduce per step)
         )
         return loss
 
     def _evaluation_step(
         self, batch: Mapping[str, Tensor], stage: str, metrics: nn.ModuleDict
     ) -> Tensor:
-        """Log the loss and accumulate per-sample errors for one val/test batch."""
-        output, loss = self._forward_with_loss(batch)
+        """Log the loss and accumulate per-sample errors for one val/test batch.
+
+        The logged loss is the mean of every chip's own loss, reduced over all
+        processes at the epoch's end, so it does not depend on how the chips
+        are batched or shared out between DDP processes.
+        """
+        heatmap_logits, visibility_logits = self.detector.heatmaps(batch["image"])
+        output, loss = self._loss_from_logits(batch, heatmap_logits, visibility_logits)
+        if stage == "val":
+            self._accumulate_calibration(batch, output)
         batch_size = batch["image"].shape[0]
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        loss_metric: MeanMetric = self.val_loss if stage == "val" else self.test_loss
+        loss_metric.update(self._chip_losses(batch, heatmap_logits, visibility_logits).float())
+        self.log(
+            f"{stage}/loss",
+            loss_metric,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+        )
         errors = keypoint_errors(
             output.keypoints,
             torch.sigmoid(output.visibility_logits.float()),
@@ -279,9 +333,75 @@ class WakeKeypointModule(pl.LightningModule):
             )
         return loss
 
+    def _chip_losses(
+        self, batch: Mapping[str, Tensor], heatmap_logits: Tensor, visibility_logits: Tensor
+    ) -> Tensor:
+        """Every chip's own loss, ``[B]``, as if each were a batch of one.
+
+        Vectorised with ``torch.func.vmap``; a loss term that vmap cannot
+        batch falls back to a loop over the chips (same values, slower).
+        """
+        tensors = {key: value for key, value in batch.items() if isinstance(value, Tensor)}
+
+        def chip_loss(chip: dict[str, Tensor], heatmaps: Tensor, visibility: Tensor) -> Tensor:
+            one = {key: value.unsqueeze(0) for key, value in chip.items()}
+            return self._loss_from_logits(one, heatmaps.unsqueeze(0), visibility.unsqueeze(0))[1]
+
+        try:
+            return torch.func.vmap(chip_loss)(tensors, heatmap_logits, visibility_logits)
+        except RuntimeError:
+            chips = range(heatmap_logits.shape[0])
+            return torch.stack(
+                [
+                    chip_loss(
+                        {key: value[i] for key, value in tensors.items()},
+                        heatmap_logits[i],
+                        visibility_logits[i],
+                    )
+                    for i in chips
+                ]
+            )
+
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        """Log ``val/loss`` and accumulate the ``val/`` metrics."""
+        """Log ``val/loss``, accumulate the ``val/`` metrics and the calibration pairs."""
         return self._evaluation_step(batch, "val", self.val_metrics)
+
+    def _accumulate_calibration(self, batch: Mapping[str, Tensor], output: KeypointOutput) -> None:
+        """Keep each validation chip's heading error and raw (unscaled) heading std, degrees."""
+        orig_size = batch["orig_size"].float()
+        pred_visible = kp.predicted_visibility(torch.sigmoid(output.visibility_logits.float()))
+        pred_px = kp.to_pixels(output.keypoints.float(), orig_size)
+        raw_std_px = kp.to_pixels(output.keypoint_std.float() / self.detector.std_scale, orig_size)
+        target_px = kp.to_pixels(batch["keypoints"].float(), orig_size)
+        target_visible = batch["visible"].bool()
+        error = kp.angle_difference_deg(
+            kp.heading_deg(pred_px, pred_visible), kp.heading_deg(target_px, target_visible)
+        )
+        raw_std = kp.heading_std_deg(pred_px, raw_std_px, pred_visible)
+        defined = torch.isfinite(error) & torch.isfinite(raw_std)
+        self.val_heading_error.update(torch.where(defined, error, torch.nan))
+        self.val_raw_heading_std.update(torch.where(defined, raw_std, torch.nan))
+
+    def on_validation_epoch_end(self) -> None:
+        """Calibrate ``std_scale`` on this validation epoch (not during the sanity check).
+
+        The scale makes the predicted 90 % heading interval (heading +- 1.645
+        ``heading_std_deg``) hold 90 % of the validation chips' heading errors,
+        so the checkpoint saved after this epoch carries its own calibration.
+        """
+        errors = self.val_heading_error.compute()
+        raw_std = self.val_raw_heading_std.compute()
+        self.val_heading_error.reset()
+        self.val_raw_heading_std.reset()
+        if self.trainer.sanity_checking or not isinstance(errors, Tensor) or errors.numel() == 0:
+            return
+        scale = fit_std_scale(errors.cpu().numpy(), raw_std.cpu().numpy())
+        self.detector.std_scale.fill_(scale)
+        self.log("val/std_scale", scale, sync_dist=False)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Accept checkpoints written before the network had ``std_scale``."""
+        add_missing_buffers(checkpoint["state_dict"], prefix=DETECTOR_PREFIX)
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """Log ``test/loss`` and accumulate the ``test/`` metrics."""

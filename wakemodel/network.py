@@ -46,10 +46,15 @@ class KeypointOutput(NamedTuple):
     Attributes:
         keypoints: ``[B, 3, 2]`` normalised (x, y) in [0, 1] (soft-argmax of heatmaps).
         visibility_logits: ``[B, 3]`` visibility logits (sigmoid gives probabilities).
+            Slot 0, the vertex, is the wake score: the chip holds a readable wake.
+        keypoint_std: ``[B, 3, 2]`` calibrated standard deviation of each
+            keypoint's x and y, normalised like ``keypoints`` (the spread of its
+            heatmap times the network's ``std_scale``).
     """
 
     keypoints: Tensor
     visibility_logits: Tensor
+    keypoint_std: Tensor
 
 
 def _download_imagenet_state_dict() -> dict[str, Tensor] | None:
@@ -183,6 +188,7 @@ class EfficientNetB0KeypointDetector(nn.Module):
         nn.init.zeros_(self.visibility_head.bias)
         self.register_buffer("mean", torch.tensor(GREY_MEAN).reshape(1, 1, 1, 1))
         self.register_buffer("std", torch.tensor(GREY_STD).reshape(1, 1, 1, 1))
+        self.register_buffer("std_scale", torch.tensor(1.0))
 
     def forward(self, images: Tensor) -> KeypointOutput:
         """Predict keypoints and visibility logits.
@@ -191,11 +197,12 @@ class EfficientNetB0KeypointDetector(nn.Module):
             images: Float ``[B, 1, S, S]`` grey chips in [0, 1] (any memory format).
 
         Returns:
-            :class:`KeypointOutput` with keypoints ``[B, 3, 2]`` in [0, 1] and
-            visibility logits ``[B, 3]``.
+            :class:`KeypointOutput` with keypoints ``[B, 3, 2]`` in [0, 1],
+            visibility logits ``[B, 3]`` and keypoint std ``[B, 3, 2]``.
         """
         heatmap_logits, visibility_logits = self.heatmaps(images)
-        return KeypointOutput(soft_argmax(heatmap_logits), visibility_logits)
+        keypoints, spread = soft_argmax_with_spread(heatmap_logits)
+        return KeypointOutput(keypoints, visibility_logits, spread * self.std_scale)
 
     def heatmaps(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Keypoint heatmap logits and visibility logits (what ``forward`` is built on).
@@ -272,13 +279,35 @@ def soft_argmax(heatmap_logits: Tensor) -> Tensor:
     Returns:
         ``[B, K, 2]`` normalised (x, y) in [0, 1].
     """
+    return soft_argmax_with_spread(heatmap_logits)[0]
+
+
+def soft_argmax_with_spread(heatmap_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`soft_argmax` and the standard deviation of each heatmap's distribution.
+
+    A heatmap whose mass sits in one tight peak gives a small spread; one split
+    between two places (e.g. the vertex and a wake end) or smeared along the
+    wake gives a large one. The spread is the model's raw positional
+    uncertainty; the network scales it to calibrated units (``std_scale``).
+
+    Args:
+        heatmap_logits: ``[B, K, H, W]`` logits.
+
+    Returns:
+        ``[B, K, 2]`` expected (x, y) and ``[B, K, 2]`` std of x and y, both normalised.
+    """
     height, width = heatmap_logits.shape[-2:]
     probabilities = heatmap_logits.flatten(2).softmax(dim=-1).unflatten(2, (height, width))
     xs = torch.linspace(0.0, 1.0, width, dtype=probabilities.dtype, device=probabilities.device)
     ys = torch.linspace(0.0, 1.0, height, dtype=probabilities.dtype, device=probabilities.device)
-    x = (probabilities.sum(dim=2) * xs).sum(dim=-1)
-    y = (probabilities.sum(dim=3) * ys).sum(dim=-1)
-    return torch.stack((x, y), dim=-1)
+    marginal_x = probabilities.sum(dim=2)
+    marginal_y = probabilities.sum(dim=3)
+    x = (marginal_x * xs).sum(dim=-1)
+    y = (marginal_y * ys).sum(dim=-1)
+    variance_x = (marginal_x * (xs - x[..., None]) ** 2).sum(dim=-1)
+    variance_y = (marginal_y * (ys - y[..., None]) ** 2).sum(dim=-1)
+    spread = torch.stack((variance_x, variance_y), dim=-1).clamp_min(0.0).sqrt()
+    return torch.stack((x, y), dim=-1), spread
 
 
 DETECTOR_PREFIX = "detector."
@@ -310,6 +339,23 @@ def detector_from_checkpoint(checkpoint: Mapping[str, Any]) -> EfficientNetB0Key
         for name, tensor in checkpoint["state_dict"].items()
         if name.startswith(DETECTOR_PREFIX)
     }
+    add_missing_buffers(weights)
     detector.load_state_dict(weights)
     device = next(iter(weights.values())).device
     return detector.to(device).eval()
+
+
+def add_missing_buffers(state_dict: dict[str, Tensor], prefix: str = "") -> None:
+    """Give a detector state dict from before ``std_scale`` existed an uncalibrated one (1.0).
+
+    Args:
+        state_dict: Detector weights (edited in place).
+        prefix: Prefix of the detector's keys (e.g. :data:`DETECTOR_PREFIX`).
+    """
+    key = f"{prefix}std_scale"
+    if state_dict and key not in state_dict:
+        logger.warning(
+            "The checkpoint predates calibrated uncertainties: its heading_std_deg is the raw "
+            "heatmap spread; retrain to calibrate it."
+        )
+        state_dict[key] = torch.tensor(1.0)

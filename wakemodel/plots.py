@@ -165,7 +165,9 @@ def plot_dataset_grid(
 
     Each panel shows the normalised chip (the training preprocessing's stretch),
     the vertex (ring) and the far ends (crosses), titled with the chip name, its
-    size in pixels and the annotation's heading in degrees.
+    size in pixels and the annotation's heading in degrees. A chip without a wake
+    (empty annotation) has no markers, "no wake" in its title and a small
+    "no wake" label in its corner.
 
     Args:
         data_dir: Dataset root holding ``imgs/`` and ``annotations/``.
@@ -204,15 +206,27 @@ def plot_dataset_grid(
                 interpolation="nearest",
                 extent=(0, record.width, record.height, 0),
             )
-            draw_keypoints(ax, record.keypoints_px, record.visible)
-            bearing = heading_deg(
-                torch.from_numpy(np.array(record.keypoints_px)),
-                torch.from_numpy(np.array(record.visible)),
-            ).item()
-            ax.set_title(
-                f"{record.name}\n{record.width}x{record.height} px, heading {bearing:.0f}°",
-                fontsize="small",
-            )
+            size = f"{record.width}x{record.height} px"
+            if record.has_wake:
+                draw_keypoints(ax, record.keypoints_px, record.visible)
+                bearing = heading_deg(
+                    torch.from_numpy(np.array(record.keypoints_px)),
+                    torch.from_numpy(np.array(record.visible)),
+                ).item()
+                ax.set_title(f"{record.name}\n{size}, heading {bearing:.0f}°", fontsize="small")
+            else:
+                ax.text(
+                    0.03,
+                    0.97,
+                    "no wake",
+                    transform=ax.transAxes,
+                    ha="left",
+                    va="top",
+                    fontsize="small",
+                    color="white",
+                    bbox={"facecolor": "black", "alpha": 0.6, "edgecolor": "none", "pad": 2},
+                )
+                ax.set_title(f"{record.name}\n{size}, no wake", fontsize="small")
         for ax in axes.flat:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -733,3 +747,184 @@ def _draw_platform_direction(
         ha="right" if end[0] > 0.5 * georef.width else "left",
         va="bottom" if end[1] > 0.5 * georef.height else "top",
     )
+
+
+_STD_FLOOR_DEG = 1e-2
+"""Smallest heading error or std drawn on the log axes of :func:`plot_calibration` (degrees)."""
+
+
+def plot_calibration(
+    heading_error_deg: np.ndarray,
+    heading_std_deg: np.ndarray,
+    wake_score: np.ndarray,
+    has_wake: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    min_wake_score: float = 0.5,
+) -> Path:
+    """Plot how far the predicted heading std and wake score can be trusted.
+
+    Three panels:
+
+    - actual heading error against predicted heading std (log-log, values
+      clipped at 0.01°) with the 90 % interval edge ``error = 1.645·std``; the
+      title gives the Spearman correlation and the share of chips under the edge;
+    - observed against nominal interval coverage (reliability curve, nominal
+      0.1 to 0.99) with the diagonal of a calibrated model;
+    - wake-score histograms of chips with a wake and of negatives with the
+      threshold (only the wakes' histogram when there are no negatives).
+
+    The heading panels use the chips with a true wake and finite error and std.
+
+    Args:
+        heading_error_deg: Absolute heading errors ``[N]`` in degrees (NaN for negatives).
+        heading_std_deg: Predicted 1-sigma heading stds ``[N]`` in degrees.
+        wake_score: Wake probabilities ``[N]`` in [0, 1] (NaN ignored).
+        has_wake: bool ``[N]``, the annotation holds a wake.
+        path: Output image file.
+        min_wake_score: Wake-score threshold drawn in the third panel.
+
+    Returns:
+        ``path``; the image is 1500 by 450 pixels.
+
+    Raises:
+        InputError: The arrays differ in size.
+    """
+    from wakemodel.calibration import INTERVAL_Z90, heading_calibration, wake_detection
+
+    positive = np.asarray(has_wake).ravel().astype(bool)
+    error = np.asarray(heading_error_deg, dtype=np.float64).ravel()
+    std = np.asarray(heading_std_deg, dtype=np.float64).ravel()
+    score = np.asarray(wake_score, dtype=np.float64).ravel()
+    if not error.size == std.size == score.size == positive.size:
+        raise InputError(
+            f"heading_error_deg ({error.size}), heading_std_deg ({std.size}), wake_score "
+            f"({score.size}) and has_wake ({positive.size}) must have one value per chip."
+        )
+    error, std = error[positive], std[positive]
+    finite = np.isfinite(error) & np.isfinite(std)
+    error, std = error[finite], std[finite]
+    heading = heading_calibration(error, std)
+    detection = wake_detection(score, positive, threshold=min_wake_score)
+    with _figure_style():
+        figure, axes = new_figure(1, 3, panel_size_in=(5.0, 4.5))
+        _draw_error_vs_std(axes[0, 0], error, std, heading, INTERVAL_Z90)
+        _draw_reliability(axes[0, 1], error, std)
+        _draw_wake_scores(axes[0, 2], score, positive, detection, min_wake_score)
+        return save_figure(figure, path)
+
+
+def _panel_note(ax: Axes, text: str) -> None:
+    """Write ``text`` in the middle of an empty panel."""
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        fontsize="small",
+        bbox={"facecolor": "white", "edgecolor": "none"},
+    )
+
+
+def _draw_error_vs_std(
+    ax: Axes, error: np.ndarray, std: np.ndarray, heading: dict[str, float], z: float
+) -> None:
+    """Scatter heading error against predicted std (log-log) with the 90 % interval edge."""
+    ax.set_xlabel("predicted heading std (degrees)")
+    ax.set_ylabel("actual heading error (degrees)")
+    if not error.size:
+        ax.set_title("heading error vs predicted std")
+        _panel_note(ax, "no chip with a wake and\na finite error and std")
+        return
+    shown_error = np.clip(error, _STD_FLOOR_DEG, None)
+    shown_std = np.clip(std, _STD_FLOOR_DEG, None)
+    ax.scatter(
+        shown_std,
+        shown_error,
+        s=10,
+        alpha=min(0.8, max(0.15, 200.0 / error.size)),
+        color=_PALETTE[0],
+        edgecolors="none",
+    )
+    low = float(min(shown_std.min(), shown_error.min() / z))
+    high = float(max(shown_std.max(), shown_error.max() / z))
+    edge_std = np.geomspace(low / 1.5, high * 1.5, 50)
+    coverage = heading["interval_coverage"]
+    coverage_text = f"{coverage:.0%}" if math.isfinite(coverage) else "n/a"
+    spearman = heading["spearman"]
+    spearman_text = f"{spearman:.2f}" if math.isfinite(spearman) else "n/a"
+    ax.plot(
+        edge_std,
+        z * edge_std,
+        color=VERTEX_COLOR,
+        linestyle="--",
+        label=f"error = {z:.3f}·std (90% edge): {coverage_text} below",
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title(
+        f"Spearman {spearman_text}, {coverage_text} of {error.size} within 90% interval",
+        fontsize="small",
+    )
+    ax.legend(fontsize="small", loc="upper left")
+
+
+def _draw_reliability(ax: Axes, error: np.ndarray, std: np.ndarray) -> None:
+    """Observed against nominal coverage of the predicted heading intervals."""
+    from wakemodel.calibration import observed_coverage
+
+    nominal = np.linspace(0.1, 0.99, 90)
+    observed = observed_coverage(error, std, nominal)
+    ax.plot([0.0, 1.0], [0.0, 1.0], color="grey", linestyle=":", label="calibrated")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("nominal interval coverage")
+    ax.set_ylabel("observed coverage")
+    if np.all(np.isnan(observed)):
+        ax.set_title("interval reliability")
+        _panel_note(ax, "fewer than 3 chips with\na finite error and std")
+        return
+    ax.plot(nominal, observed, color=_PALETTE[0], linewidth=1.8, label="model")
+    at_90 = float(observed_coverage(error, std, [0.9])[0])
+    ax.scatter([0.9], [at_90], color=VERTEX_COLOR, zorder=3, label=f"90% → {at_90:.0%}")
+    ax.set_title(f"interval reliability ({error.size} chips with a wake)", fontsize="small")
+    ax.legend(fontsize="small", loc="upper left")
+
+
+def _draw_wake_scores(
+    ax: Axes,
+    score: np.ndarray,
+    positive: np.ndarray,
+    detection: dict[str, float],
+    threshold: float,
+) -> None:
+    """Wake-score histograms of wakes and negatives with the threshold line."""
+    finite = np.isfinite(score)
+    wakes, negatives = score[finite & positive], score[finite & ~positive]
+    bins = np.linspace(0.0, 1.0, 21)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("wake score")
+    ax.set_ylabel("chips")
+    if not wakes.size and not negatives.size:
+        ax.set_title("wake score")
+        _panel_note(ax, "no finite wake score")
+        return
+    if wakes.size:
+        ax.hist(np.clip(wakes, 0.0, 1.0), bins=bins, alpha=0.6, color=_PALETTE[2], label="wake")
+    if negatives.size:
+        ax.hist(
+            np.clip(negatives, 0.0, 1.0), bins=bins, alpha=0.6, color=_PALETTE[1], label="negative"
+        )
+    ax.axvline(threshold, color=VERTEX_COLOR, linestyle="--", label=f"threshold {threshold:g}")
+    recall = detection["wake_recall"]
+    parts = [f"recall {recall:.0%}" if math.isfinite(recall) else "no wakes"]
+    if negatives.size:
+        parts.append(f"rejection {detection['negative_rejection']:.0%}")
+        if math.isfinite(detection["roc_auc"]):
+            parts.append(f"AUC {detection['roc_auc']:.3f}")
+    else:
+        parts.append("no negatives")
+    ax.set_title("wake score: " + ", ".join(parts), fontsize="small")
+    ax.legend(fontsize="small", loc="upper left")

@@ -2,7 +2,9 @@
 
 A predictor takes a batch of preprocessed chips, float32 ``[B, 1, S, S]`` in
 [0, 1], and returns numpy ``(keypoints [B, 3, 2] normalised (x, y) in [0, 1],
-visibility probabilities [B, 3])``. :func:`load_predictor` opens either kind of
+visibility probabilities [B, 3], keypoint std [B, 3, 2] normalised)``; slot 0
+of the visibility is the wake score. A backend written elsewhere may return
+only the first two (uncertainties are then unknown). :func:`load_predictor` opens either kind of
 model file:
 
 - a ``.ckpt`` written by ``train`` becomes a :class:`TorchPredictor` (the
@@ -40,8 +42,10 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = "images"
 """ONNX input: float32 ``[B, 1, S, S]`` in [0, 1]."""
 
-OUTPUT_NAMES = ("keypoints", "visibility")
-"""ONNX outputs: normalised keypoints ``[B, 3, 2]`` and visibility probabilities ``[B, 3]``."""
+OUTPUT_NAMES = ("keypoints", "visibility", "keypoint_std")
+"""ONNX outputs: normalised keypoints ``[B, 3, 2]``, visibility probabilities ``[B, 3]``
+(slot 0: the wake score) and the calibrated std of each keypoint's x and y ``[B, 3, 2]``
+(normalised). Files exported before ``keypoint_std`` existed have the first two only."""
 
 METADATA_KEYS = {
     "image_size": "wakemodel.image_size",
@@ -77,9 +81,11 @@ class KeypointPredictor(Protocol):
             images: float32 ``[B, 1, S, S]`` in [0, 1] (preprocessed chips).
 
         Returns:
-            ``(keypoints, visibility)``: normalised keypoints ``[B, 3, 2]`` as
-            (x, y) in [0, 1] and visibility probabilities ``[B, 3]``, as numpy
-            arrays (or torch tensors, for backends written elsewhere).
+            ``(keypoints, visibility[, keypoint_std])``: normalised keypoints
+            ``[B, 3, 2]`` as (x, y) in [0, 1], visibility probabilities ``[B, 3]``
+            (slot 0: the wake score) and, when the backend knows it, the std of
+            each keypoint's x and y ``[B, 3, 2]`` (normalised), as numpy arrays
+            (or torch tensors, for backends written elsewhere).
         """
         ...
 
@@ -128,7 +134,7 @@ class TorchPredictor:
     Args:
         module: An ``EfficientNetB0KeypointDetector`` (as :func:`load_predictor`
             builds it) or a ``WakeKeypointModule``; its forward returns
-            ``(keypoints [B,3,2] normalised, visibility_logits [B,3])``.
+            ``(keypoints [B,3,2] normalised, visibility_logits [B,3], keypoint_std [B,3,2])``.
         image_size: Side S (pixels) of the square network input.
         device: Device the module lives on and inputs are sent to.
         metadata: What is known about the model (see :class:`Predictor`).
@@ -148,16 +154,17 @@ class TorchPredictor:
             {"format": "torch", "image_size": self.image_size} if metadata is None else metadata
         )
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Predict normalised keypoints ``[B,3,2]`` and visibility probabilities ``[B,3]``."""
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised keypoints ``[B,3,2]``, visibility probabilities ``[B,3]``, keypoint std."""
         import torch
 
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
         with torch.inference_mode():
-            keypoints, visibility_logits = self.module(batch)
+            keypoints, visibility_logits, keypoint_std = self.module(batch)
         return (
             keypoints.float().cpu().numpy(),
             torch.sigmoid(visibility_logits.float()).cpu().numpy(),
+            keypoint_std.float().cpu().numpy(),
         )
 
 
@@ -206,6 +213,8 @@ class OnnxPredictor:
                 "export it with `python cli.py export`."
             )
         self.image_size = image_size
+        available = {output.name for output in self.session.get_outputs()}
+        self.output_names = [name for name in OUTPUT_NAMES if name in available]
         self.metadata: dict[str, Any] = {
             **properties,
             "format": "onnx",
@@ -213,19 +222,19 @@ class OnnxPredictor:
             "image_size": self.image_size,
         }
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
         """Run the network.
 
         Args:
             images: float32 ``[B, 1, S, S]`` in [0, 1].
 
         Returns:
-            Normalised keypoints float32 ``[B, 3, 2]`` and visibility probabilities
-            float32 ``[B, 3]``.
+            Normalised keypoints float32 ``[B, 3, 2]``, visibility probabilities
+            float32 ``[B, 3]`` and, unless the file predates it, the keypoint std
+            float32 ``[B, 3, 2]`` (normalised).
         """
         batch = np.ascontiguousarray(images, dtype=np.float32)
-        keypoints, visibility = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-        return keypoints, visibility
+        return tuple(self.session.run(self.output_names, {INPUT_NAME: batch}))
 
 
 def load_predictor(path: str | os.PathLike[str], accelerator: str = "auto") -> Predictor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -139,3 +140,38 @@ def load_image(path: str | os.PathLike[str], image_size: int) -> np.ndarray:
         WakeModelError: The file is unreadable.
     """
     return preprocess_image(read_image(path), image_size)
+
+
+ImageInput = Union[str, "os.PathLike[str]", np.ndarray]
+"""One chip: a path to an image file, or a raw grey image array ``[H, W]``."""
+
+
+def read_chip(item: ImageInput) -> tuple[str | None, np.ndarray]:
+    """Read one chip as ``(source, raw grey image float32 [H, W])``.
+
+    Args:
+        item: A path to an image file, or a raw grey image array ``[H, W]``.
+
+    Returns:
+        The path's text (None for an array) and the grey pixels.
+
+    Raises:
+        InputError: The array is not 2-D.
+        WakeModelError: The file is missing or unreadable.
+    """
+    if isinstance(item, np.ndarray):
+        if item.ndim != 2 or min(item.shape) < 1:
+            raise InputError(
+                f"Image arrays must be 2-D grey [H, W], got shape {item.shape}; "
+                "convert colour chips with wakemodel.preprocess.read_image."
+            )
+        return None, item.astype(np.float32, copy=False)
+    path = Path(item)
+    if not path.is_file():
+        raise WakeModelError(f"Image not found: {path}; check the path.")
+    return str(path), read_image(path)
+
+
+def chip_label(item: ImageInput) -> str:
+    """An input item as messages name it (its path, or ``<array>``)."""
+    return "<array>" if isinstance(item, np.ndarray) else str(item)

@@ -22,6 +22,12 @@ annotated. Coordinates are continuous pixels (pixel ``(i, j)`` covers
 Chip ``i`` of a dataset is drawn from its own generator, spawned from
 ``SeedSequence(seed)``, so it does not depend on the dataset size, and the same
 seed gives byte-identical files.
+
+With ``no_wake_fraction=F`` each chip is, with probability F, a negative: a chip
+without a readable wake (open sea, clouds, sun glint, or a vessel without a
+wake) annotated ``{"tooltips": []}``. Whether chip ``i`` is negative, and the
+negative chip itself, come from a second generator of its own
+(:func:`no_wake_indices`), so the wake chips are the same as with F = 0.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import itertools
 import json
 import logging
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -54,6 +61,14 @@ TWO_POINT_FRACTION = 0.2
 CLOUD_FRACTION = 0.2
 """Share of chips with cloud patches."""
 
+NO_WAKE_KINDS = ("open_sea", "clouds", "glint", "vessel")
+"""Kinds of chips without a wake, drawn with equal probability (:func:`render_no_wake_chip`)."""
+
+_NO_WAKE_STREAM = 0x6E6F_7761_6B65
+"""First spawn-key word of the per-chip negative streams (ASCII "nowake"); chip
+``i``'s stream is ``SeedSequence(seed, spawn_key=(_NO_WAKE_STREAM, i))``, never one
+of the wake chips' ``SeedSequence(seed).spawn(n)`` children (spawn keys ``(i,)``)."""
+
 
 @dataclass(frozen=True, eq=False)
 class SyntheticChip:
@@ -63,15 +78,20 @@ class SyntheticChip:
         image: uint8 ``[H, W]`` grayscale chip.
         keypoints_px: float32 ``[K, 2]`` (x, y) continuous pixel coordinates,
             K = 2 or 3, vertex first, then the far ends of the visible wake
-            components (arm order meaningless).
+            components (arm order meaningless); K = 0 for a chip without a wake.
         heading_deg: Compass bearing in [0, 360) degrees (north = image up,
             clockwise) from the mean far end towards the vertex, as the project
             defines the heading of an annotation. Equal (within about 1 degree)
             to ``course_deg`` except for ``single_arm`` chips, where the lone far
-            end is an arm end and the two differ by about the cusp half-angle.
-        course_deg: Compass bearing in [0, 360) degrees of the vessel's travel.
+            end is an arm end and the two differ by about the cusp half-angle;
+            NaN without a wake.
+        course_deg: Compass bearing in [0, 360) degrees of the vessel's travel;
+            NaN without a vessel.
         wake_kind: ``"kelvin"`` (both arms annotated), ``"single_arm"`` (one arm
-            annotated) or ``"turbulent"`` (the turbulent wake's end annotated).
+            annotated), ``"turbulent"`` (the turbulent wake's end annotated) or
+            ``"none"`` (no wake).
+        no_wake_kind: For a chip without a wake, its kind in
+            :data:`NO_WAKE_KINDS`; else None.
     """
 
     image: np.ndarray
@@ -79,6 +99,7 @@ class SyntheticChip:
     heading_deg: float
     course_deg: float
     wake_kind: str
+    no_wake_kind: str | None = None
 
     @property
     def tooltips(self) -> list[dict[str, float]]:
@@ -307,17 +328,36 @@ def _draw_wake(
             * _sigmoid(along_back / np.float32(1.5))
         )
     )
-    # The vessel: a small blob elongated along the track, brighter than anything around it.
+    vessel, vessel_amplitude = _draw_vessel(
+        rng, along_back, across, 2.0 * (abs(arm_amplitude) + abs(turbulent_amplitude))
+    )
+    wake += vessel
+    return wake, vessel_amplitude
+
+
+def _draw_vessel(
+    rng: np.random.Generator, along_back: np.ndarray, across: np.ndarray, wake_amplitude: float
+) -> tuple[np.ndarray, float]:
+    """Draw the vessel: a small blob elongated along the track, brighter than anything around it.
+
+    Args:
+        rng: Random generator.
+        along_back: ``[H', W']`` distance (pixels) behind the vessel along its track.
+        across: ``[H', W']`` distance (pixels) across the track.
+        wake_amplitude: Twice the summed wake amplitudes (noise-sigma units); the
+            vessel's peak is this plus 5 to 9.
+
+    Returns:
+        float32 ``[H', W']`` vessel signal and its peak amplitude (noise-sigma units).
+    """
     vessel_length = float(rng.uniform(1.0, 2.0))
     vessel_width = float(rng.uniform(0.7, 1.2))
-    vessel_amplitude = 2.0 * (abs(arm_amplitude) + abs(turbulent_amplitude)) + float(
-        rng.uniform(5.0, 9.0)
-    )
-    wake += np.float32(vessel_amplitude) * np.exp(
+    vessel_amplitude = wake_amplitude + float(rng.uniform(5.0, 9.0))
+    vessel = np.float32(vessel_amplitude) * np.exp(
         -0.5
         * ((along_back / np.float32(vessel_length)) ** 2 + (across / np.float32(vessel_width)) ** 2)
     )
-    return wake, vessel_amplitude
+    return vessel, vessel_amplitude
 
 
 def _window(layout: _WakeLayout, width: int, height: int) -> tuple[slice, slice]:
@@ -330,31 +370,55 @@ def _window(layout: _WakeLayout, width: int, height: int) -> tuple[slice, slice]
     return slice(low[1], min(high[1], height)), slice(low[0], min(high[0], width))
 
 
-def render_chip(rng: np.random.Generator, width: int, height: int) -> SyntheticChip:
-    """Render one synthetic Sentinel-2 wake chip.
-
-    Args:
-        rng: Random generator; the chip is a pure function of its state.
-        width: Chip width (pixels, at least 32).
-        height: Chip height (pixels, at least 32).
-
-    Returns:
-        The chip with its annotation; all keypoints lie inside the chip, the
-        vertex at least ``max(4, 4% of the short side)`` pixels from the border.
-
-    Raises:
-        InputError: ``width`` or ``height`` is below 32 pixels.
-    """
+def _check_size(width: int, height: int) -> None:
+    """Raise InputError unless the chip is at least 32 x 32 pixels."""
     if min(width, height) < 32:
         raise InputError(f"Chip size {width}x{height} is too small; use at least 32x32 pixels.")
-    course_deg = float(rng.uniform(0.0, 360.0))
-    layout = _layout(rng, width, height, course_deg)
-    vertex = layout.vertex
+
+
+def _pixel_offsets(vertex: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre x ``[1, W]`` and y ``[H, 1]`` minus the vertex (pixels)."""
     rel_x = (np.arange(width, dtype=np.float32) + 0.5 - np.float32(vertex[0]))[None, :]
     rel_y = (np.arange(height, dtype=np.float32) + 0.5 - np.float32(vertex[1]))[:, None]
-    rows, cols = _window(layout, width, height)
-    wake, vessel_amplitude = _draw_wake(rng, layout, rel_x[:, cols], rel_y[rows])
+    return rel_x, rel_y
 
+
+def _render_scene(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    vertex: np.ndarray,
+    window: tuple[slice, slice],
+    wake: np.ndarray | None,
+    vessel_amplitude: float,
+    clear_offsets: np.ndarray,
+    scene: str = "wake",
+) -> np.ndarray:
+    """Add the sea, sun glint, clouds and noise around a wake and stretch to 8 bits.
+
+    Args:
+        rng: Random generator.
+        width: Chip width (pixels).
+        height: Chip height (pixels).
+        vertex: ``[2]`` continuous pixel coordinates of the vessel, or of the
+            point whose surroundings set the top of the stretch where there is none.
+        window: Row and column slices of the chip around the vertex (at least
+            12 pixels each way where the chip allows).
+        wake: float32 ``[H', W']`` signal (noise-sigma units) added inside
+            ``window``, or None.
+        vessel_amplitude: The vessel's peak (noise-sigma units); sets the
+            clouds' brightness.
+        clear_offsets: ``[N, 2]`` segment ends relative to the vertex that
+            clouds keep clear of (N = 0: clouds anywhere).
+        scene: ``"wake"``, or a kind of :data:`NO_WAKE_KINDS`: ``"clouds"``
+            always has (wider) clouds, ``"glint"`` adds a broad bright glint
+            patch; the others are drawn like ``"wake"``.
+
+    Returns:
+        uint8 ``[H, W]`` chip.
+    """
+    rows, cols = window
+    rel_x, rel_y = _pixel_offsets(vertex, width, height)
     diagonal = math.hypot(width, height)
     swell = (
         float(rng.uniform(6.0, 25.0)),
@@ -363,7 +427,8 @@ def render_chip(rng: np.random.Generator, width: int, height: int) -> SyntheticC
     )
     sea = _spectral_field(rng, height, width, slope=float(rng.uniform(1.6, 2.8)), swell=swell)
     image = np.float32(rng.uniform(0.3, 1.1)) * sea
-    image[rows, cols] += wake
+    if wake is not None:
+        image[rows, cols] += wake
     # Sun glint: a smooth brightness ramp across the chip.
     glint_dir = _unit(float(rng.uniform(0.0, 360.0)))
     glint_per_px = np.float32(float(rng.uniform(0.0, 3.0)) / diagonal)
@@ -371,13 +436,30 @@ def render_chip(rng: np.random.Generator, width: int, height: int) -> SyntheticC
         (rel_x + np.float32(vertex[0])) * np.float32(glint_dir[0])
         + (rel_y + np.float32(vertex[1])) * np.float32(glint_dir[1])
     )
-    if rng.random() < CLOUD_FRACTION:
+    if scene == "glint":
+        # Strong glint: a broad smooth bright patch that also roughens the sea's texture.
+        centre = rng.uniform([0.0, 0.0], [width, height])
+        sigma_px = np.float32(float(rng.uniform(0.2, 0.5)) * diagonal)
+        patch = np.exp(
+            -0.5
+            * (
+                (rel_x + np.float32(vertex[0] - centre[0])) ** 2
+                + (rel_y + np.float32(vertex[1] - centre[1])) ** 2
+            )
+            / sigma_px**2
+        )
+        image += patch * (
+            np.float32(rng.uniform(3.0, 8.0)) + np.float32(rng.uniform(0.5, 1.5)) * sea
+        )
+    if scene == "clouds" or rng.random() < CLOUD_FRACTION:
         cloud = _spectral_field(rng, height, width, slope=3.2)
-        threshold = float(rng.uniform(0.3, 1.5))
+        # Cloud chips have lower thresholds: more, larger clouds (still partial cover).
+        threshold = float(rng.uniform(-0.5, 0.8) if scene == "clouds" else rng.uniform(0.3, 1.5))
         opacity = np.clip((cloud - np.float32(threshold)) / np.float32(0.8), 0.0, 1.0)
-        clear_px = np.float32(6.0 + 0.03 * diagonal)
-        distance = _segment_distance(rel_x, rel_y, layout.drawn_offsets)
-        opacity *= np.clip(distance / clear_px - 1.0, 0.0, 1.0)
+        if len(clear_offsets):
+            clear_px = np.float32(6.0 + 0.03 * diagonal)
+            distance = _segment_distance(rel_x, rel_y, clear_offsets)
+            opacity *= np.clip(distance / clear_px - 1.0, 0.0, 1.0)
         image += np.float32(rng.uniform(0.3, 0.7) * vessel_amplitude) * opacity
     image += rng.standard_normal((height, width), dtype=np.float32)
 
@@ -395,7 +477,34 @@ def render_chip(rng: np.random.Generator, width: int, height: int) -> SyntheticC
         [low_value, high_value, top_value, top_value + 0.25 * (top_value - low_value)],
         [0.0, 225.0, 232.0, 255.0],
     )
-    pixels = np.rint(levels).astype(np.uint8)
+    return np.rint(levels).astype(np.uint8)
+
+
+def render_chip(rng: np.random.Generator, width: int, height: int) -> SyntheticChip:
+    """Render one synthetic Sentinel-2 wake chip.
+
+    Args:
+        rng: Random generator; the chip is a pure function of its state.
+        width: Chip width (pixels, at least 32).
+        height: Chip height (pixels, at least 32).
+
+    Returns:
+        The chip with its annotation; all keypoints lie inside the chip, the
+        vertex at least ``max(4, 4% of the short side)`` pixels from the border.
+
+    Raises:
+        InputError: ``width`` or ``height`` is below 32 pixels.
+    """
+    _check_size(width, height)
+    course_deg = float(rng.uniform(0.0, 360.0))
+    layout = _layout(rng, width, height, course_deg)
+    vertex = layout.vertex
+    rel_x, rel_y = _pixel_offsets(vertex, width, height)
+    rows, cols = _window(layout, width, height)
+    wake, vessel_amplitude = _draw_wake(rng, layout, rel_x[:, cols], rel_y[rows])
+    pixels = _render_scene(
+        rng, width, height, vertex, (rows, cols), wake, vessel_amplitude, layout.drawn_offsets
+    )
     keypoints_px = np.vstack([vertex, vertex + layout.annotated])
     return SyntheticChip(
         image=pixels,
@@ -403,6 +512,76 @@ def render_chip(rng: np.random.Generator, width: int, height: int) -> SyntheticC
         heading_deg=_annotation_heading_deg(keypoints_px),
         course_deg=course_deg,
         wake_kind=layout.wake_kind,
+    )
+
+
+def render_no_wake_chip(
+    rng: np.random.Generator, width: int, height: int, kind: str | None = None
+) -> SyntheticChip:
+    """Render one synthetic chip without a readable wake (a negative sample).
+
+    The sea, glint, clouds, noise and stretch are drawn as in :func:`render_chip`,
+    without the wake:
+
+    - ``"open_sea"``: just the sea (with the usual chance of clouds);
+    - ``"clouds"``: bright smooth clouds partly covering the sea;
+    - ``"glint"``: a broad bright sun-glint patch over the sea;
+    - ``"vessel"``: a bright vessel like a wake chip's, with no wake.
+
+    Args:
+        rng: Random generator; the chip is a pure function of its state.
+        width: Chip width (pixels, at least 32).
+        height: Chip height (pixels, at least 32).
+        kind: One of :data:`NO_WAKE_KINDS`, or None to draw one uniformly.
+
+    Returns:
+        The chip with no keypoints (``keypoints_px`` of shape ``[0, 2]``,
+        ``wake_kind="none"``, NaN heading; ``course_deg`` is the vessel's for
+        ``"vessel"``, else NaN).
+
+    Raises:
+        InputError: ``width`` or ``height`` is below 32 pixels, or an unknown ``kind``.
+    """
+    _check_size(width, height)
+    if kind is None:
+        kind = NO_WAKE_KINDS[int(rng.integers(len(NO_WAKE_KINDS)))]
+    elif kind not in NO_WAKE_KINDS:
+        raise InputError(
+            f"No-wake kind {kind!r} is unknown; use one of {', '.join(NO_WAKE_KINDS)}."
+        )
+    margin = max(4.0, 0.04 * min(width, height))
+    vertex = rng.uniform([margin, margin], [width - margin, height - margin])
+    reach = 16
+    low = np.floor(vertex).astype(int) - reach
+    high = np.ceil(vertex).astype(int) + reach
+    rows = slice(max(int(low[1]), 0), min(int(high[1]), height))
+    cols = slice(max(int(low[0]), 0), min(int(high[0]), width))
+    # The vessel's brightness as if it had a wake: twice the arm and turbulent amplitudes.
+    wake_amplitude = 2.0 * (float(rng.uniform(1.2, 3.0)) + float(rng.uniform(1.0, 2.5)))
+    course_deg = math.nan
+    wake = None
+    clear_offsets = np.zeros((0, 2))
+    if kind == "vessel":
+        course_deg = float(rng.uniform(0.0, 360.0))
+        backward = -_unit(course_deg)
+        rel_x, rel_y = _pixel_offsets(vertex, width, height)
+        rel_x, rel_y = rel_x[:, cols], rel_y[rows]
+        along_back = rel_x * np.float32(backward[0]) + rel_y * np.float32(backward[1])
+        across = rel_x * np.float32(-backward[1]) + rel_y * np.float32(backward[0])
+        wake, vessel_amplitude = _draw_vessel(rng, along_back, across, wake_amplitude)
+        clear_offsets = np.zeros((1, 2))
+    else:
+        vessel_amplitude = wake_amplitude + float(rng.uniform(5.0, 9.0))
+    pixels = _render_scene(
+        rng, width, height, vertex, (rows, cols), wake, vessel_amplitude, clear_offsets, kind
+    )
+    return SyntheticChip(
+        image=pixels,
+        keypoints_px=np.zeros((0, 2), dtype=np.float32),
+        heading_deg=math.nan,
+        course_deg=course_deg,
+        wake_kind="none",
+        no_wake_kind=kind,
     )
 
 
@@ -429,20 +608,84 @@ def _write_chip(
     )
 
 
+def _no_wake_generator(seed: int, index: int) -> np.random.Generator:
+    """Chip ``index``'s negative stream: its first draw says whether it is negative."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_NO_WAKE_STREAM, index)))
+
+
+def _check_no_wake_fraction(no_wake_fraction: float) -> float:
+    """The fraction as a float, or InputError naming it unless ``0 <= fraction <= 1``."""
+    if (
+        isinstance(no_wake_fraction, bool)
+        or not isinstance(no_wake_fraction, numbers.Real)
+        or not 0.0 <= no_wake_fraction <= 1.0
+    ):
+        raise InputError(
+            f"No-wake fraction {no_wake_fraction!r} is invalid; use a share from 0 to 1."
+        )
+    return float(no_wake_fraction)
+
+
+def no_wake_indices(count: int, seed: int, no_wake_fraction: float) -> list[int]:
+    """Indices of the chips without a wake in a dataset from :func:`generate_dataset`.
+
+    Chip ``i`` is negative when the first uniform draw of its own negative
+    stream (spawned from ``seed`` apart from the wake chips' streams) is below
+    ``no_wake_fraction``: each chip independently with that probability, so the
+    share is near ``no_wake_fraction``, and whether chip ``i`` is negative does
+    not depend on ``count`` (raising the fraction only adds negatives).
+
+    Args:
+        count: Number of chips.
+        seed: The dataset's seed.
+        no_wake_fraction: Probability in [0, 1] that a chip has no wake.
+
+    Returns:
+        Sorted chip indices in ``[0, count)``.
+
+    Raises:
+        InputError: ``no_wake_fraction`` is outside [0, 1].
+    """
+    fraction = _check_no_wake_fraction(no_wake_fraction)
+    if fraction == 0.0:
+        return []
+    return [i for i in range(count) if _no_wake_generator(seed, i).random() < fraction]
+
+
 def _write_chips(
-    root: Path, indices: range, seed: int, min_size: int, max_size: int, geotiff: bool = False
-) -> None:
+    root: Path,
+    indices: range,
+    seed: int,
+    min_size: int,
+    max_size: int,
+    geotiff: bool = False,
+    no_wake_fraction: float = 0.0,
+) -> int:
     """Render and write chips ``indices`` (each from its own spawned generator) under ``root``.
 
     A GeoTIFF chip's position is drawn from its generator after the chip, so
-    pixels and annotations are the same as without ``geotiff``.
+    pixels and annotations are the same as without ``geotiff``. A chip without
+    a wake is drawn, after the draw that chose it, from its negative stream.
+
+    Returns:
+        The number of chips written without a wake.
     """
     children = np.random.SeedSequence(seed).spawn(indices.stop)
+    no_wake = 0
     for index in indices:
+        if no_wake_fraction > 0.0:
+            rng = _no_wake_generator(seed, index)
+            if rng.random() < no_wake_fraction:
+                width, height = (int(side) for side in rng.integers(min_size, max_size + 1, size=2))
+                chip = render_no_wake_chip(rng, width, height)
+                _write_chip(root, chip_name(index), chip, rng if geotiff else None)
+                no_wake += 1
+                continue
         rng = np.random.default_rng(children[index])
         width, height = (int(side) for side in rng.integers(min_size, max_size + 1, size=2))
         chip = render_chip(rng, width, height)
         _write_chip(root, chip_name(index), chip, rng if geotiff else None)
+    return no_wake
 
 
 def generate_dataset(
@@ -454,6 +697,7 @@ def generate_dataset(
     max_size: int = 900,
     workers: int = 1,
     geotiff: bool = False,
+    no_wake_fraction: float = 0.0,
 ) -> Path:
     """Write ``count`` synthetic chips in the real dataset's layout.
 
@@ -473,13 +717,17 @@ def generate_dataset(
             rasterio and pyproj): same pixels and annotations, north-up 10 m
             pixels in UTM zone 31N or 32N (EPSG:32631/32632) at a random open
             North Sea position (:func:`wakemodel.georef.north_sea_transform`).
+        no_wake_fraction: Probability in [0, 1] that a chip has no wake
+            (:func:`render_no_wake_chip`, annotated ``{"tooltips": []}``); which
+            chips are :func:`no_wake_indices`. The wake chips are the same
+            whatever it is, and 0 gives the same files as before it existed.
 
     Returns:
         ``out_dir`` holding ``imgs/synth_NNNNNN.png`` (or ``.tif``) and
         ``annotations/synth_NNNNNN.json``.
 
     Raises:
-        InputError: A bad count or size range.
+        InputError: A bad count, size range or no-wake fraction.
         WakeModelError: ``out_dir`` exists and is not an empty folder.
     """
     out = Path(out_dir)
@@ -489,6 +737,7 @@ def generate_dataset(
         raise InputError(
             f"Chip size range {min_size}-{max_size} is invalid; use 32 <= --min-size <= --max-size."
         )
+    no_wake_fraction = _check_no_wake_fraction(no_wake_fraction)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise WakeModelError(
             f"Output folder {out} already exists and is not empty; delete it or choose another."
@@ -501,22 +750,35 @@ def generate_dataset(
         (staging / "annotations").mkdir()
         workers = max(1, min(workers, count))
         if workers == 1:
-            _write_chips(staging, range(count), seed, min_size, max_size, geotiff)
+            no_wake = _write_chips(
+                staging, range(count), seed, min_size, max_size, geotiff, no_wake_fraction
+            )
         else:
             bounds = np.linspace(0, count, workers + 1).astype(int)
             with ProcessPoolExecutor(workers) as pool:
                 jobs = [
                     pool.submit(
-                        _write_chips, staging, range(start, stop), seed, min_size, max_size, geotiff
+                        _write_chips,
+                        staging,
+                        range(start, stop),
+                        seed,
+                        min_size,
+                        max_size,
+                        geotiff,
+                        no_wake_fraction,
                     )
                     for start, stop in itertools.pairwise(bounds)
                 ]
-                for job in jobs:
-                    job.result()
+                no_wake = sum(job.result() for job in jobs)
         if out.exists():
             out.rmdir()
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("Wrote %d synthetic chips to %s", count, out)
+    logger.info(
+        "Wrote %d synthetic chips (%d without a wake) to %s",
+        count,
+        no_wake,
+        out,
+    )
     return out

@@ -24,6 +24,11 @@ holds everything it writes (see ``checkpoints/README.md``):
 ``--resume RUN/checkpoints/last.ckpt`` continues in the same run folder: the
 same ``metrics.csv`` (appended) and checkpoints. ``--fast-dev-run`` writes no
 run folder at all.
+
+Multi-process training (DDP: ``--devices 2``, ``--num-nodes``, ``torchrun``,
+``srun``) writes one run folder: every process uses the same ``RUN_DIR/RUN_NAME``
+(:func:`_resolve_run_dir`), only global rank 0 writes files and log lines,
+and every logged metric is reduced over all processes.
 """
 
 from __future__ import annotations
@@ -56,13 +61,14 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from wakemodel._io import atomic_path
-from wakemodel.budget import TimeBudget, parse_duration_s
+from wakemodel.budget import TimeBudget, _set_total_steps, parse_duration_s
 from wakemodel.config import CONFIG_FILE_NAME, TrainConfig, save_config
 from wakemodel.datamodule import WakeDataModule
 from wakemodel.devices import DeviceChoice, environment_info, select_device
-from wakemodel.errors import InputError, first_line
+from wakemodel.errors import InputError, WakeModelError, first_line
 from wakemodel.model import WakeKeypointModule
 
 logger = logging.getLogger(__name__)
@@ -74,6 +80,10 @@ LAST_CHECKPOINT_NAME = "last"
 
 CHECKPOINT_SUBDIR = "checkpoints"
 """The checkpoints' folder inside a run folder (unless ``--checkpoint-dir`` is given)."""
+
+RUN_DIR_ENV = "WAKEMODEL_RUN_DIR"
+"""Environment variable that hands the run folder chosen by global rank 0 to the DDP
+processes Lightning starts from it (set by :func:`train` only while fitting; internal)."""
 
 LOG_EVERY_N_STEPS = 10
 """The training loss is logged every this many steps (once per epoch for shorter epochs)."""
@@ -108,6 +118,9 @@ class TrainResult:
             (``--logger none``, ``fast_dev_run``).
         checkpoint_dir: Folder of the checkpoints; ``None`` when none were written.
         resumed: Whether the run continued from ``--resume``.
+        is_global_zero: Whether this process is global rank 0, the one that
+            writes and reports (always True without DDP); every DDP process
+            returns a result with the same metrics and paths.
     """
 
     best_checkpoint: Path | None
@@ -122,6 +135,7 @@ class TrainResult:
     metrics_path: Path | None = None
     checkpoint_dir: Path | None = None
     resumed: bool = False
+    is_global_zero: bool = True
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -179,6 +193,22 @@ class RunRecorder(Callback):
         if self.config is None or self.run_dir is None:
             return None
         return self.run_dir / CONFIG_FILE_NAME
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Under DDP, check that every process uses global rank 0's run folder.
+
+        Raises:
+            WakeModelError: The processes chose different folders (on every process).
+        """
+        if trainer.world_size <= 1 or self.run_dir is None:
+            return
+        mine = str(self.run_dir)
+        chosen = trainer.strategy.broadcast(mine, src=0)
+        if not trainer.strategy.reduce_boolean_decision(chosen == mine, all=True):
+            raise WakeModelError(
+                f"the DDP processes disagree on the run folder (rank 0 chose {chosen}); "
+                "pass --run-name NAME."
+            )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write ``config.yaml`` (rank zero, atomically) once the data has loaded."""
@@ -334,6 +364,124 @@ def _unique_run_dir(root: Path, name: str | None) -> Path:
     return candidate
 
 
+def _external_launcher(num_nodes: int) -> str | None:
+    """Name what started this run's processes when it was not Lightning from this process.
+
+    Args:
+        num_nodes: ``--num-nodes``.
+
+    Returns:
+        ``"torchrun"`` (torch elastic with ``WORLD_SIZE`` > 1), ``"srun"`` (a
+        SLURM step of several tasks), ``"one command per machine (--num-nodes
+        N)"``, or None: a single process, or the first of those that Lightning
+        starts itself (``--devices 2`` on one machine).
+    """
+    if os.environ.get("TORCHELASTIC_RUN_ID") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "torchrun"
+    slurm_tasks = os.environ.get("SLURM_NTASKS", "1")
+    interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
+    if slurm_tasks.isdigit() and int(slurm_tasks) > 1 and not interactive:
+        return "srun"
+    if num_nodes > 1:
+        return f"one command per machine (--num-nodes {num_nodes})"
+    return None
+
+
+def _job_run_name() -> str | None:
+    """A run name that all processes of a launched job share, or None.
+
+    ``slurm-<SLURM_JOB_ID>`` under SLURM, else ``torchrun-<TORCHELASTIC_RUN_ID>``
+    when torchrun has a rendezvous id (``--rdzv-id``, or the random one of
+    ``--standalone``).
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        return f"slurm-{job}"
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return None if run_id in ("", "none") else f"torchrun-{run_id}"
+
+
+def _resolve_run_dir(config: TrainConfig, resume_folder: Path | None) -> Path:
+    """The run folder, the same in every process of a multi-process (DDP) run.
+
+    - A process started by Lightning for DDP (``--devices 2``) takes the folder
+      its first process chose (:data:`RUN_DIR_ENV`).
+    - A resumed run continues in ``resume_folder``.
+    - Processes started by a launcher (torchrun, srun, one per machine) cannot
+      talk before training starts, so they use ``--run-name`` or else the job
+      (:func:`_job_run_name`) instead of their own clocks; they all see the
+      same ``RUN_DIR`` before any of them creates the folder, so a taken name
+      gets the same ``-1`` suffix everywhere (and :class:`RunRecorder` checks).
+    - Otherwise a new ``RUN_DIR/RUN_NAME`` (a timestamp by default).
+
+    Raises:
+        InputError: A launcher started the processes and neither ``--run-name``
+            nor a job id names the run.
+    """
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited:
+        return Path(inherited)
+    if resume_folder is not None:
+        return resume_folder
+    name = config.run_name
+    launcher = _external_launcher(config.num_nodes)
+    if launcher is not None and name is None:
+        name = _job_run_name()
+        if name is None:
+            raise InputError(
+                f"the processes of a run started by {launcher} need a shared run name; "
+                "pass --run-name NAME (the same for every process)."
+            )
+    return _unique_run_dir(config.run_dir, name)
+
+
+class _SharedTimeBudget(TimeBudget):
+    """:class:`TimeBudget` whose plan is global rank 0's on every DDP process.
+
+    Each process times its own steps; if their plans differed, the processes
+    would stop after different epochs and the last ones would wait forever.
+    """
+
+    def _plan(self, trainer: pl.Trainer, seconds_per_epoch: float) -> None:
+        super()._plan(trainer, seconds_per_epoch)
+        if trainer.world_size <= 1:
+            return
+        epochs, steps = trainer.strategy.broadcast((self.planned_epochs, self.planned_steps))
+        trainer.fit_loop.max_epochs = epochs
+        for config in trainer.lr_scheduler_configs:
+            _set_total_steps(config.scheduler, steps)
+        self.planned_epochs, self.planned_steps = epochs, steps
+
+
+class _RankZeroFilter(logging.Filter):
+    """Keep only errors in DDP processes other than global rank 0 (one copy of each line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or rank_zero_only.rank == 0
+
+
+@contextlib.contextmanager
+def _rank_zero_logging() -> Iterator[None]:
+    """Silence this package's log lines below ERROR outside global rank 0 during a run.
+
+    The rank is read when a line is logged: Lightning's ``rank_zero_only.rank``,
+    from the environment at first (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``),
+    then set by the Trainer.
+    """
+    rank_filter = _RankZeroFilter()
+    names = ["wakemodel"] + [
+        name for name in logging.Logger.manager.loggerDict if name.startswith("wakemodel.")
+    ]
+    loggers = [logging.getLogger(name) for name in names]
+    for each in loggers:
+        each.addFilter(rank_filter)
+    try:
+        yield
+    finally:
+        for each in loggers:
+            each.removeFilter(rank_filter)
+
+
 def _build_loggers(config: TrainConfig, run_dir: Path) -> list[Logger]:
     """Create the CSV logger (unless ``none``) and the optional W&B logger."""
     if config.logger == "none" or config.fast_dev_run:
@@ -432,9 +580,10 @@ def quiet_lightning() -> Iterator[None]:
 
     Lightning's INFO lines (GPU/TPU availability, "Tip" adverts, the
     stepping-batches estimate, "fit stopped") are raised to WARNING; torch's
-    ``LeafSpec`` deprecation warning from Lightning's pytree helper and
+    ``LeafSpec`` deprecation warning from Lightning's pytree helper,
     Lightning's "does not have many workers" hint (the data module chooses the
-    worker count) are ignored. Lightning's other warnings and errors still
+    worker count) and its DDP advice to sync ``val/std_scale`` (already the same
+    on every process) are ignored. Lightning's other warnings and errors still
     show. With debug logging (``--verbose``) nothing is hidden. Levels and
     filters are restored afterwards.
     """
@@ -448,6 +597,9 @@ def quiet_lightning() -> Iterator[None]:
         )
         # The data module picks its worker count on purpose (chips are cached in memory).
         warnings.filterwarnings("ignore", message=r".*does not have many workers")
+        # Under DDP: the calibration scale is computed from metrics gathered over all
+        # processes, so it is already the same everywhere.
+        warnings.filterwarnings("ignore", message=r".*self\.log\('val/std_scale'.*sync_dist")
         try:
             for name in _LIGHTNING_LOGGERS:
                 logging.getLogger(name).setLevel(logging.WARNING)
@@ -499,12 +651,21 @@ def _scale_batch_size(
     """Set ``datamodule.batch_size`` to the largest that fits a CUDA GPU (binary search).
 
     Uses Lightning's batch-size finder (``Tuner.scale_batch_size``), starting
-    from the configured size. On other devices it warns and keeps the size.
+    from the configured size. On other devices, and under DDP (which the
+    finder does not support), it warns and keeps the size.
     """
     if device.accelerator != "cuda":
         logger.warning(
             "--auto-batch-size needs a CUDA GPU (device: %s); keeping --batch-size %d.",
             device.accelerator,
+            datamodule.batch_size,
+        )
+        return
+    if trainer.world_size > 1:
+        logger.warning(
+            "--auto-batch-size works on one GPU, not under DDP (%d processes); keeping "
+            "--batch-size %d per device.",
+            trainer.world_size,
             datamodule.batch_size,
         )
         return
@@ -531,7 +692,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
         SystemExit: The run was interrupted (Ctrl-C); ``last.ckpt`` holds the
             last finished epoch.
     """
-    with quiet_lightning():
+    with quiet_lightning(), _rank_zero_logging():
         return _train(config, callbacks)
 
 
@@ -548,13 +709,16 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
         env["lightning"],
     )
     budget = (
-        TimeBudget(parse_duration_s(config.max_time), config.epochs)
+        _SharedTimeBudget(parse_duration_s(config.max_time), config.epochs)
         if config.max_time is not None and config.fit_schedule_to_time and not config.fast_dev_run
         else None
     )
     resume_folder = None
     if config.resume is not None:
         resume_folder = _check_resume(config.resume, config.image_size)
+    # A resumed run continues in its own folder; a new run never reuses one; all DDP
+    # processes use the same one.
+    run_dir = _resolve_run_dir(config, resume_folder)
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = WakeDataModule(
@@ -575,11 +739,10 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
         warmup_epochs=config.warmup_epochs,
         max_epochs=config.epochs,
         heading_weight=config.heading_weight,
+        wake_weight=config.wake_weight,
     )
 
     writes = not config.fast_dev_run
-    # A resumed run continues in its own folder; a new run never reuses one.
-    run_dir = resume_folder or _unique_run_dir(config.run_dir, config.run_name)
     if config.checkpoint_dir is not None:
         checkpoint_dir = config.checkpoint_dir
     elif config.resume is not None and resume_folder is None:
@@ -624,6 +787,10 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
     fitted: pl.LightningModule = torch.compile(module) if config.compile else module
     if config.auto_batch_size:
         _scale_batch_size(trainer, fitted, datamodule, device)
+    # The DDP processes Lightning starts in fit() copy this environment: they take this
+    # run folder instead of choosing one from their own clocks.
+    inherited = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
         with warnings.catch_warnings():
             if resume_folder is not None:  # continuing in its own folder is the point
@@ -636,13 +803,17 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
             )
         raise
     except BaseException:
-        if resume_folder is None:
+        if resume_folder is None and inherited is None and trainer.is_global_zero:
             # Lightning opens the CSV log before the data loads; a run that failed to
             # start leaves no empty folder behind.
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
         raise
     finally:
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = inherited
         if config.logger == "wandb" and loggers:
             import wandb
 
@@ -668,4 +839,5 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
         metrics_path=metrics_path if metrics_path is not None and metrics_path.is_file() else None,
         checkpoint_dir=checkpoint_dir if writes else None,
         resumed=config.resume is not None,
+        is_global_zero=trainer.is_global_zero,
     )

@@ -1,0 +1,269 @@
+"""Calibration measures of the heading std and wake score, and the calibration figure."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+
+from wakemodel.calibration import (
+    DEFAULT_MIN_WAKE_SCORE,
+    INTERVAL_Z90,
+    calibration_summary,
+    fit_std_scale,
+    format_calibration,
+    heading_calibration,
+    interval_z,
+    observed_coverage,
+    wake_detection,
+)
+from wakemodel.errors import InputError
+from wakemodel.plots import plot_calibration
+
+SAMPLES = 5000
+
+
+def _gaussian_chips(seed: int, sigma_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Errors |N(0, sigma_scale * sigma)| with known per-chip sigma in [0.5, 20] degrees."""
+    rng = np.random.default_rng(seed)
+    sigma = rng.uniform(0.5, 20.0, SAMPLES)
+    error = np.abs(rng.normal(0.0, sigma_scale * sigma))
+    return error, sigma
+
+
+def test_constants() -> None:
+    assert abs(INTERVAL_Z90 - 1.6448536) < 1e-6
+    assert interval_z(0.9) == pytest.approx(INTERVAL_Z90)
+    assert DEFAULT_MIN_WAKE_SCORE == 0.5
+    with pytest.raises(InputError):
+        interval_z(1.0)
+
+
+def test_import_needs_no_torch_or_matplotlib() -> None:
+    code = (
+        "import sys, wakemodel.calibration; "
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_spearman_one_when_error_proportional_to_std() -> None:
+    std = np.random.default_rng(0).uniform(1.0, 30.0, 200)
+    result = heading_calibration(2.0 * std, std)
+    assert result["spearman"] == pytest.approx(1.0)
+    assert result["count"] == 200.0
+
+
+def test_spearman_near_zero_when_independent() -> None:
+    rng = np.random.default_rng(1)
+    result = heading_calibration(rng.uniform(0, 90, SAMPLES), rng.uniform(1, 30, SAMPLES))
+    assert abs(result["spearman"]) < 0.05
+
+
+def test_confident_p90_smaller_when_error_scales_with_std() -> None:
+    error, sigma = _gaussian_chips(2)
+    result = heading_calibration(error, sigma)
+    assert result["p90_error_confident_deg"] < result["p90_error_deg"]
+    assert result["confident_p90_ratio"] == pytest.approx(
+        result["p90_error_confident_deg"] / result["p90_error_deg"]
+    )
+    assert result["confident_p90_ratio"] < 0.9
+    # Independent errors: the confident chips are no better.
+    rng = np.random.default_rng(3)
+    flat = heading_calibration(np.abs(rng.normal(0, 5, SAMPLES)), sigma)
+    assert flat["confident_p90_ratio"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_coverage_and_median_on_known_gaussian() -> None:
+    error, sigma = _gaussian_chips(4)
+    result = heading_calibration(error, sigma)
+    assert result["interval_coverage"] == pytest.approx(0.9, abs=0.02)
+    assert result["median_std_deg"] == pytest.approx(np.median(sigma))
+    # Stds twice too small cover far less than promised.
+    assert heading_calibration(error, sigma / 2)["interval_coverage"] < 0.7
+    assert heading_calibration(error, sigma, interval=0.5)["interval_coverage"] == pytest.approx(
+        0.5, abs=0.02
+    )
+
+
+def test_fit_std_scale_true_sigma_gives_scale_one() -> None:
+    error, sigma = _gaussian_chips(5)
+    assert fit_std_scale(error, sigma) == pytest.approx(1.0, abs=0.02)
+
+
+def test_fit_std_scale_then_coverage_is_nominal() -> None:
+    error, raw = _gaussian_chips(6, sigma_scale=3.0)
+    assert heading_calibration(error, raw)["interval_coverage"] < 0.5
+    scale = fit_std_scale(error, raw)
+    assert scale == pytest.approx(3.0, abs=0.1)
+    assert heading_calibration(error, scale * raw)["interval_coverage"] == pytest.approx(
+        0.9, abs=0.005
+    )
+    # Fitted on one split, it holds on fresh draws from the same model.
+    fresh_error, fresh_raw = _gaussian_chips(7, sigma_scale=3.0)
+    coverage = heading_calibration(fresh_error, scale * fresh_raw)["interval_coverage"]
+    assert coverage == pytest.approx(0.9, abs=0.02)
+
+
+def test_fit_std_scale_ignores_bad_pairs_and_needs_three() -> None:
+    error = np.array([1.0, 2.0, np.nan, 5.0, 4.0, 7.0])
+    raw = np.array([1.0, 2.0, 3.0, 0.0, -1.0, np.inf])
+    assert fit_std_scale(error, raw) == 1.0  # only 2 usable pairs
+    error = np.array([1.0, 2.0, 3.0, np.nan, 100.0])
+    raw = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
+    expected = float(np.quantile([1.0, 2.0, 3.0], 0.9)) / INTERVAL_Z90
+    assert fit_std_scale(error, raw) == pytest.approx(expected)
+    assert fit_std_scale(np.zeros(5), np.ones(5)) == 1.0
+
+
+def test_heading_calibration_nan_handling() -> None:
+    result = heading_calibration([1.0, np.nan, 3.0], [1.0, 2.0, np.nan])
+    assert result["count"] == 1.0
+    assert all(math.isnan(value) for key, value in result.items() if key != "count")
+    error = np.array([1.0, np.nan, 2.0, 3.0, 4.0, 5.0])
+    std = np.array([1.0, 1.0, np.nan, 3.0, 4.0, 5.0])
+    result = heading_calibration(error, std)
+    assert result["count"] == 4.0
+    assert result["spearman"] == pytest.approx(1.0)
+    assert math.isnan(heading_calibration([1, 2, 3], [2, 2, 2])["spearman"])  # constant std
+    with pytest.raises(InputError):
+        heading_calibration([1.0, 2.0], [1.0])
+
+
+def test_observed_coverage_curve() -> None:
+    error, sigma = _gaussian_chips(8)
+    nominal = np.linspace(0.1, 0.99, 20)
+    observed = observed_coverage(error, sigma, nominal)
+    assert observed.shape == (20,)
+    assert np.all(np.diff(observed) >= 0)
+    np.testing.assert_allclose(observed, nominal, atol=0.03)
+    assert np.all(np.isnan(observed_coverage([1.0], [1.0], nominal)))
+
+
+def test_wake_detection_perfect_separation() -> None:
+    score = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
+    result = wake_detection(score, [True, True, True, False, False])
+    assert result == {
+        "wake_recall": 1.0,
+        "negative_rejection": 1.0,
+        "roc_auc": 1.0,
+        "positives": 3.0,
+        "negatives": 2.0,
+        "threshold": 0.5,
+    }
+
+
+def test_wake_detection_reversed_and_ties() -> None:
+    has_wake = np.array([True, True, False, False])
+    reversed_ = wake_detection([0.1, 0.2, 0.8, 0.9], has_wake)
+    assert reversed_["roc_auc"] == 0.0
+    assert reversed_["wake_recall"] == 0.0
+    assert reversed_["negative_rejection"] == 0.0
+    assert wake_detection(np.full(4, 0.5), has_wake)["roc_auc"] == 0.5
+
+
+def test_wake_detection_auc_matches_mann_whitney() -> None:
+    rng = np.random.default_rng(9)
+    score = np.round(rng.uniform(size=300), 1)  # many ties
+    has_wake = rng.uniform(size=300) < np.clip(score + 0.2, 0, 1)
+    result = wake_detection(score, has_wake, threshold=0.3)
+    u = stats.mannwhitneyu(score[has_wake], score[~has_wake]).statistic
+    assert result["roc_auc"] == pytest.approx(u / (has_wake.sum() * (~has_wake).sum()))
+    assert result["wake_recall"] == pytest.approx(np.mean(score[has_wake] >= 0.3))
+    assert result["negative_rejection"] == pytest.approx(np.mean(score[~has_wake] < 0.3))
+    assert result["threshold"] == 0.3
+
+
+def test_wake_detection_undefined_parts_and_nan_scores() -> None:
+    only_wakes = wake_detection([0.9, 0.4], [True, True])
+    assert only_wakes["wake_recall"] == 0.5
+    assert math.isnan(only_wakes["negative_rejection"])
+    assert math.isnan(only_wakes["roc_auc"])
+    assert only_wakes["negatives"] == 0.0
+    only_negatives = wake_detection([0.1], [False])
+    assert math.isnan(only_negatives["wake_recall"])
+    assert only_negatives["negative_rejection"] == 1.0
+    with_nan = wake_detection([0.9, np.nan, 0.1], [True, True, False])
+    assert with_nan["positives"] == 1.0
+    assert with_nan["roc_auc"] == 1.0
+    with pytest.raises(InputError):
+        wake_detection([0.1, 0.2], [True])
+
+
+def test_calibration_summary_uses_wakes_only() -> None:
+    error, sigma = _gaussian_chips(10)
+    has_wake = np.ones(SAMPLES + 100, dtype=bool)
+    has_wake[SAMPLES:] = False
+    errors = np.concatenate([error, np.full(100, np.nan)])
+    # Negatives' std is huge and their (fake) errors must not count.
+    stds = np.concatenate([sigma, np.full(100, 1e6)])
+    errors_with_junk = errors.copy()
+    errors_with_junk[SAMPLES:] = 0.0
+    scores = np.concatenate([np.full(SAMPLES, 0.9), np.full(100, 0.1)])
+    summary = calibration_summary(errors_with_junk, stds, scores, has_wake)
+    assert summary["count"] == float(SAMPLES)
+    assert summary["interval_coverage"] == pytest.approx(0.9, abs=0.02)
+    assert summary["median_std_deg"] < 20.0
+    assert summary["wake_recall"] == 1.0
+    assert summary["negative_rejection"] == 1.0
+    assert summary["negatives"] == 100.0
+    assert all(type(value) is float for value in summary.values())
+    assert set(json.loads(json.dumps(summary))) == set(summary)
+    strict = calibration_summary(errors, stds, scores, has_wake, min_wake_score=0.95)
+    assert strict["wake_recall"] == 0.0
+    assert strict["threshold"] == 0.95
+
+
+def test_format_calibration_shows_targets_and_na() -> None:
+    error, sigma = _gaussian_chips(11)
+    summary = calibration_summary(error, sigma, np.full(SAMPLES, 0.9), np.ones(SAMPLES, bool))
+    text = format_calibration(summary)
+    lines = text.splitlines()
+    assert len(lines) == 6
+    assert "target > 0.5" in lines[0] and "[met]" in lines[0]
+    assert "target < 0.5" in lines[1]
+    assert f"{summary['interval_coverage']:.1%}" in lines[2] and "85–95%" in lines[2]
+    assert "100.0%" in lines[3] and ">= 95%" in lines[3]
+    assert "n/a" in lines[4] and ">= 90%" in lines[4]
+    assert "n/a" in lines[5]
+    assert "nan" not in text.lower()
+    assert "nan" not in format_calibration({}).lower()
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    assert path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+@pytest.mark.parametrize("negatives", [40, 0])
+def test_plot_calibration_writes_png(tmp_path: Path, negatives: int) -> None:
+    rng = np.random.default_rng(12)
+    error, sigma = _gaussian_chips(12)
+    error, sigma = error[:300], sigma[:300]
+    error[0] = 0.0  # clipped on the log axes
+    errors = np.concatenate([error, np.full(negatives, np.nan)])
+    stds = np.concatenate([sigma, rng.uniform(1, 5, negatives)])
+    scores = np.concatenate([rng.uniform(0.4, 1.0, 300), rng.uniform(0.0, 0.6, negatives)])
+    has_wake = np.arange(300 + negatives) < 300
+    out = plot_calibration(errors, stds, scores, has_wake, tmp_path / "sub" / "calibration.png")
+    assert out == tmp_path / "sub" / "calibration.png"
+    assert _png_size(out) == (1500, 450)
+    assert list(out.parent.iterdir()) == [out]  # no temporary file left
+
+
+def test_plot_calibration_without_heading_data(tmp_path: Path) -> None:
+    out = plot_calibration(
+        [np.nan, np.nan], [1.0, 2.0], [0.2, 0.3], [False, False], tmp_path / "empty.png"
+    )
+    assert _png_size(out) == (1500, 450)
+    with pytest.raises(InputError):
+        plot_calibration([1.0], [1.0, 2.0], [0.5], [True], tmp_path / "bad.png")

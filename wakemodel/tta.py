@@ -1,0 +1,141 @@
+"""Test-time augmentation: the 8 flips/rotations of a square network input.
+
+:func:`predict_batch` runs a model backend on a batch, optionally under the 8
+dihedral transforms, maps every view's keypoints (and their spread) back
+exactly, aligns the wake ends of each view with those of the plain prediction
+(:func:`wakemodel.keypoints.match_arm_order`) and averages. numpy only, so the
+ONNX path and the multi-device predict loop share it without torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from wakemodel import keypoints as kp
+from wakemodel.predictors import KeypointPredictor
+
+__all__ = [
+    "as_numpy",
+    "dihedral_transforms",
+    "predict_batch",
+    "run_predictor",
+    "transform_images",
+    "untransform_keypoints",
+    "untransform_spread",
+]
+
+
+def dihedral_transforms() -> list[tuple[bool, bool, bool]]:
+    """The 8 symmetries of the square as ``(transpose, flip_x, flip_y)``, identity first.
+
+    Each is applied to an image ``[..., S, S]`` in that order: swap the axes,
+    then mirror left-right, then mirror up-down.
+    """
+    return [(t, fx, fy) for t in (False, True) for fx in (False, True) for fy in (False, True)]
+
+
+def transform_images(images: np.ndarray, transform: tuple[bool, bool, bool]) -> np.ndarray:
+    """Apply a dihedral transform to square images ``[..., S, S]`` (returns a copy)."""
+    transpose, flip_x, flip_y = transform
+    if transpose:
+        images = np.swapaxes(images, -1, -2)
+    if flip_x:
+        images = images[..., :, ::-1]
+    if flip_y:
+        images = images[..., ::-1, :]
+    return np.ascontiguousarray(images)
+
+
+def untransform_keypoints(keypoints: np.ndarray, transform: tuple[bool, bool, bool]) -> np.ndarray:
+    """Map normalised keypoints ``[..., 2]`` predicted on a transformed input back.
+
+    Exact in continuous coordinates: a mirror maps ``x -> 1 - x`` (``W - x``
+    in pixels), a transpose swaps x and y.
+
+    Args:
+        keypoints: (x, y) normalised in [0, 1] on the transformed image.
+        transform: The ``(transpose, flip_x, flip_y)`` used on the input.
+
+    Returns:
+        (x, y) normalised on the original image, same shape.
+    """
+    transpose, flip_x, flip_y = transform
+    restored = np.array(keypoints, dtype=np.float64, copy=True)
+    if flip_y:
+        restored[..., 1] = 1.0 - restored[..., 1]
+    if flip_x:
+        restored[..., 0] = 1.0 - restored[..., 0]
+    if transpose:
+        restored = restored[..., ::-1].copy()
+    return restored
+
+
+def untransform_spread(keypoint_std: np.ndarray, transform: tuple[bool, bool, bool]) -> np.ndarray:
+    """Map per-axis keypoint std ``[..., 2]`` predicted on a transformed input back.
+
+    Mirrors leave a spread unchanged; a transpose swaps the x and y spreads.
+    """
+    return keypoint_std[..., ::-1] if transform[0] else keypoint_std
+
+
+def as_numpy(value: Any) -> np.ndarray:
+    """A float64 numpy copy of a numpy array or torch tensor."""
+    if hasattr(value, "detach"):
+        value = value.detach().float().cpu().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def run_predictor(
+    predictor: KeypointPredictor, images: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run ``predictor`` on float ``[B,1,S,S]``: keypoints, visibility, keypoint std.
+
+    A backend that returns no keypoint std gets NaN (unknown) std ``[B,3,2]``.
+    """
+    keypoints, visibility, *rest = predictor(images)
+    keypoints = as_numpy(keypoints)
+    keypoint_std = as_numpy(rest[0]) if rest else np.full_like(keypoints, np.nan)
+    return keypoints, as_numpy(visibility), keypoint_std
+
+
+def predict_batch(
+    predictor: KeypointPredictor, images: np.ndarray, *, tta: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predict on one batch of network inputs, optionally with dihedral TTA.
+
+    With ``tta`` each of the 8 dihedral transforms of the square input is
+    predicted, its keypoints are mapped back exactly, its two wake ends are
+    aligned to those of the untransformed prediction (their order is
+    meaningless) with :func:`wakemodel.keypoints.match_arm_order`, and the
+    keypoints and visibility probabilities are averaged. The keypoint std
+    then combines both sources of doubt: the root mean square of the views'
+    own std and the spread of the views around their mean. numpy only.
+
+    Args:
+        predictor: The model backend.
+        images: float32 ``[B, 1, S, S]`` in [0, 1].
+        tta: Average over the 8 dihedral transforms.
+
+    Returns:
+        Normalised keypoints float ``[B, 3, 2]``, visibility probabilities
+        ``[B, 3]`` (slot 0: the wake score) and the std of each keypoint's x and
+        y ``[B, 3, 2]`` (normalised; NaN when the backend gives none).
+    """
+    if not tta:
+        return run_predictor(predictor, images)
+    reference, _, _ = views = run_predictor(predictor, images)
+    all_slots = np.ones(reference.shape[:-1], dtype=bool)
+    keypoints, visibility, keypoint_std = ([value] for value in views)
+    for transform in dihedral_transforms()[1:]:
+        predicted, view_visibility, view_std = run_predictor(
+            predictor, transform_images(images, transform)
+        )
+        restored = untransform_keypoints(predicted, transform)
+        order = kp.match_arm_order(reference, restored, all_slots)
+        keypoints.append(kp.permute_slots(restored, order))
+        visibility.append(kp.permute_slots(view_visibility, order))
+        keypoint_std.append(kp.permute_slots(untransform_spread(view_std, transform), order))
+    spread_variance = np.mean(np.square(keypoint_std), axis=0) + np.var(keypoints, axis=0)
+    return np.mean(keypoints, axis=0), np.mean(visibility, axis=0), np.sqrt(spread_variance)
