@@ -362,3 +362,19 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
     torch.testing.assert_close(
         torch.from_numpy(keypoint_std), expected.keypoint_std, atol=1e-4, rtol=1e-3
     )
+
+
+def test_wake_loss_only_where_a_chip_has_no_wake() -> None:
+    torch.manual_seed(0)
+    with_wake_loss = WakeKeypointModule(image_size=IMAGE_SIZE, wake_weight=0.5).eval()
+    without = WakeKeypointModule(image_size=IMAGE_SIZE, wake_weight=0.0).eval()
+    without.load_state_dict(with_wake_loss.state_dict())
+    batch = next(iter(DataLoader(_RandomWakes(), batch_size=4)))
+    with torch.no_grad():
+        # All chips hold a wake (the real data): the wake loss adds nothing.
+        assert with_wake_loss._forward_with_loss(batch)[1] == without._forward_with_loss(batch)[1]
+        negative = {**batch, "visible": batch["visible"].clone()}
+        negative["visible"][0] = False
+        assert (
+            with_wake_loss._forward_with_loss(negative)[1] > without._forward_with_loss(negative)[1]
+        )

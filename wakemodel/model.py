@@ -231,7 +231,8 @@ class WakeKeypointModule(pl.LightningModule):
         times a heatmap cross-entropy against Gaussians at the targets (arms in
         the order the keypoint loss matched), a DSNT-style regulariser that gives
         every heatmap cell a learning signal and speeds up convergence, plus
-        ``wake_weight`` times the wake-score BCE, plus
+        ``wake_weight`` times the wake-score BCE (in batches holding a chip
+        without a wake), plus
         ``heading_weight`` times the wake-axis loss, which punishes a heading
         off its true direction (most of all a reversed one).
         """
@@ -252,8 +253,10 @@ class WakeKeypointModule(pl.LightningModule):
             visibility_weight=self.hparams.visibility_weight,
             beta=self.hparams.loss_beta,
         )
-        if self.hparams.wake_weight > 0:
-            has_wake = batch["visible"][:, VERTEX_SLOT].to(output.visibility_logits.dtype)
+        has_wake = batch["visible"][:, VERTEX_SLOT]
+        # Only chips without a wake teach the wake score; a batch of wakes alone (all of the
+        # real data) would just push one logit up, so it adds nothing and trains as before.
+        if self.hparams.wake_weight > 0 and not bool(has_wake.all()):
             loss = loss + self.hparams.wake_weight * binary_cross_entropy_with_logits(
                 output.visibility_logits[:, VERTEX_SLOT].float(), has_wake.float()
             )
