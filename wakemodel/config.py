@@ -67,7 +67,7 @@ MODEL_DEFAULTS = ModelDefaults()
 """The defaults every layer (CLI, :class:`TrainConfig`, module, network) reads."""
 
 DEMO_EPOCHS = 20
-"""Training epochs of the demo (about 6 minutes on a 2-core CPU at ``DEMO_IMAGE_SIZE``)."""
+"""Training epochs of the demo (7 to 11 minutes on a 2-core CPU at ``DEMO_IMAGE_SIZE``)."""
 
 DEMO_IMAGE_SIZE = 160
 """Network input side of the demo: the demo's chips (at most 480 px) are shrunk 3x at most,
