@@ -374,26 +374,25 @@ def evaluate(
         gsd_m=gsd_m,
     )
     errors = {key: np.asarray(per_sample[key], dtype=np.float64) for key in METRIC_NAMES}
-    has_wake = target_visible[:, 0]
-    summary = summarize(errors, has_wake)
-    summary["calibration"] = calibration.calibration_summary(
-        errors["heading_error_deg"],
-        np.array([p.heading_std_deg for p in predictions], dtype=np.float64),
-        np.array([p.wake_score for p in predictions], dtype=np.float64),
-        has_wake,
-        min_wake_score=min_wake_score,
-    )
-    return EvaluationReport(
+    report = EvaluationReport(
         data_dir=root,
         names=[record.image_path.name for record in records],
         errors=errors,
-        summary=summary,
+        summary=summarize(errors, target_visible[:, 0]),
         predictions=predictions,
         target_keypoints_px=target_px,
         target_visible=target_visible,
         gsd_m=gsd_m,
         min_wake_score=min_wake_score,
     )
+    report.summary["calibration"] = calibration.calibration_summary(
+        errors["heading_error_deg"],
+        report.heading_std_deg,
+        report.wake_score,
+        report.has_wake,
+        min_wake_score=min_wake_score,
+    )
+    return report
 
 
 def find_training_log(checkpoint: str | os.PathLike[str]) -> Path | None:
