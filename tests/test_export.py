@@ -202,3 +202,14 @@ def test_onnx_predictor_metadata_and_contract(onnx_models: dict[str, Path]) -> N
         predictors.INPUT_NAME,
         predictors.OUTPUT_NAMES,
     )
+
+
+def test_onnx_carries_the_training_chip_extent(
+    onnx_models: dict[str, Path], tiny_checkpoint: Path
+) -> None:
+    from wakemodel.predictors import OnnxPredictor, chip_extent_m, load_predictor
+
+    expected = chip_extent_m(load_predictor(tiny_checkpoint, accelerator="cpu"))
+    assert expected is not None
+    for path in onnx_models.values():
+        assert chip_extent_m(OnnxPredictor(path)) == pytest.approx(expected)

@@ -206,9 +206,10 @@ def test_run_folder_holds_config_metrics_and_checkpoints(
     checkpoint = _load(result.best_checkpoint)
     assert checkpoint["hyper_parameters"]["image_size"] == 32
     assert checkpoint["wakemodel_run_dir"] == str(run)
-    assert not [
-        key for key in checkpoint if key.startswith("wakemodel_") and key != ("wakemodel_run_dir")
-    ]
+    stamped = {key for key in checkpoint if key.startswith("wakemodel_")}
+    assert stamped == {"wakemodel_run_dir", "wakemodel_chip_extent_m"}
+    # The training chips' median extent in metres (chips of 64-128 px at 10 m).
+    assert 640.0 <= checkpoint["wakemodel_chip_extent_m"] <= 1280.0
 
     # config.yaml is the config it ran with, as a fresh run: no resume, its folder's name.
     assert load_config(run / "config.yaml") == dataclasses.replace(config, run_name="run")

@@ -9,8 +9,9 @@ code 2; ``--verbose`` shows the traceback instead.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from wakemodel.devices import ACCELERATORS, available_cores
 from wakemodel.download import API_URL
 from wakemodel.errors import WakeModelError, first_line
 from wakemodel.metrics import DEFAULT_GSD_M
+from wakemodel.selftrain import Reward, SelfTrainConfig
 
 ACCELERATOR_CHOICES = list(ACCELERATORS)
 
@@ -56,8 +58,14 @@ def plot() -> None:
     """Plot datasets, training curves, predictions and error distributions."""
 
 
-def _prediction_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the options shared by the commands that run a model to ``command``."""
+def _model_options(
+    skip: Collection[str] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator adding the options shared by the commands that run a model.
+
+    Args:
+        skip: Names of options (``"--gsd"``, ``"--devices"``) a command does not take.
+    """
     options = [
         click.option(
             "--accelerator",
@@ -103,9 +111,19 @@ def _prediction_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "through Lightning's predict loop; results keep the input order.",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+
+    names = ("--accelerator", "--batch-size", "--tta", "--gsd", "--min-wake-score", "--devices")
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for name, option in reversed(list(zip(names, options, strict=True))):
+            if name not in skip:
+                command = option(command)
+        return command
+
+    return decorate
+
+
+_prediction_options = _model_options()
 
 
 @main.command("infer")
@@ -288,6 +306,10 @@ class _ChipProgress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finish the bar (if shown); a later call starts a new one."""
         if self._bar is not None:
             self._bar.render_finish()
             self._bar = None
@@ -493,16 +515,21 @@ def _click_type(spec: Any, hint: Any) -> Any:
     return str
 
 
-def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def _train_options(
+    command: Callable[..., Any], only: Collection[str] | None = None
+) -> Callable[..., Any]:
     """Add one option per user-facing ``TrainConfig`` field to ``command``, in field order.
 
     Name, default, help, choices and range all come from the field (see
     :mod:`wakemodel.config`): ``batch_size`` becomes ``--batch-size``, booleans
-    become ``--x`` flags (or ``--x/--no-x`` where negatable).
+    become ``--x`` flags (or ``--x/--no-x`` where negatable). ``only`` limits
+    them to these field names.
     """
     from wakemodel.config import cli_fields, option_name
 
     for spec, hint in reversed(cli_fields()):
+        if only is not None and spec.name not in only:
+            continue
         meta, name = spec.metadata, option_name(spec)
         settings: dict[str, Any] = {"help": meta["help"]}
         if meta["negatable"]:
@@ -609,8 +636,125 @@ def _train_summary(result: Any) -> str:
     return "\n".join(lines)
 
 
+SELFTRAIN_TRAIN_FIELDS = (
+    "epochs",
+    "batch_size",
+    "image_size",
+    "lr",
+    "heading_weight",
+    "wake_weight",
+    "seed",
+    "accelerator",
+    "precision",
+    "workers",
+    "pretrained",
+    "weights_path",
+    "max_time",
+)
+"""The ``train`` options that ``selftrain`` passes to every round's training."""
+
+
+@main.command("selftrain")
+@click.option(
+    "--labeled",
+    "labeled_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Labelled dataset (imgs/ and annotations/); its validation split chooses the round.",
+)
+@click.option(
+    "--unlabeled",
+    "unlabeled_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder of unlabelled chip images (PNG or TIFF), no annotations.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Self-training rounds after round 0 (supervised on the labelled chips).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/selftrain"),
+    show_default=True,
+    help="Output folder: round_K/ with the checkpoint, pseudo-labels and summary; "
+    "rerunning skips finished rounds.",
+)
+@click.option(
+    "--max-vertex-spread",
+    type=click.FloatRange(min=0, min_open=True),
+    default=Reward.max_vertex_spread,
+    show_default=True,
+    help="Keep a chip only if its 8 views' vertices spread (RMS) at most this fraction of "
+    "the chip diagonal.",
+)
+@click.option(
+    "--max-heading-spread",
+    "max_heading_spread_deg",
+    type=click.FloatRange(min=0, min_open=True),
+    default=Reward.max_heading_spread_deg,
+    show_default=True,
+    help="Keep a chip only if its views' headings spread (RMS) at most this many degrees.",
+)
+@click.option(
+    "--min-wake-score",
+    type=click.FloatRange(0.0, 1.0),
+    default=DEFAULT_MIN_WAKE_SCORE,
+    show_default=True,
+    help="Keep a chip only if its views' mean wake score reaches this.",
+)
+@click.option(
+    "--labeled-repeats",
+    type=click.IntRange(min=1),
+    default=SelfTrainConfig.labeled_repeats,
+    show_default=True,
+    help="Times each labelled training chip appears beside the pseudo-labels (its weight).",
+)
+@functools.partial(_train_options, only=SELFTRAIN_TRAIN_FIELDS)
+def selftrain_command(
+    labeled_dir: Path,
+    unlabeled_dir: Path,
+    rounds: int,
+    out_dir: Path,
+    max_vertex_spread: float,
+    max_heading_spread_deg: float,
+    min_wake_score: float,
+    labeled_repeats: int,
+    **train_options: Any,
+) -> None:
+    """Self-train on unlabelled chips (ReST-EM with a consistency reward).
+
+    Round 0 trains on the labelled chips. Each further round pseudo-labels the
+    unlabelled chips with the previous round's model under 8 flips/rotations,
+    keeps the chips whose views agree, and trains again from the same starting
+    weights on the labelled plus kept chips. Prints a table of every round.
+    """
+    from wakemodel.config import TrainConfig
+    from wakemodel.selftrain import format_rounds, selftrain
+
+    result = selftrain(
+        SelfTrainConfig(
+            labeled_dir=labeled_dir,
+            unlabeled_dir=unlabeled_dir,
+            out_dir=out_dir,
+            rounds=rounds,
+            train=TrainConfig(**train_options),
+            reward=Reward(max_vertex_spread, max_heading_spread_deg, min_wake_score),
+            labeled_repeats=labeled_repeats,
+        )
+    )
+    click.echo(format_rounds(result))
+    click.echo(f"Best round: {result.best_round}; checkpoint: {result.best_checkpoint}")
+    click.echo(f"Pseudo-labels: {out_dir}/round_K/pseudo (python cli.py plot dataset DIR)")
+
+
 @main.command("synth")
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--count", type=click.IntRange(min=1), default=600, show_default=True, help="Number of chips."
 )
@@ -655,8 +799,39 @@ def _train_summary(result: Any) -> str:
     help="Share (0 to 1) of chips without a wake (open sea, clouds, glint, a lone vessel), "
     'annotated {"tooltips": []}; the wake chips stay the same.',
 )
+@click.option(
+    "--style",
+    type=click.Choice(["default", "shifted"]),
+    default="default",
+    show_default=True,
+    help="Chip appearance: default, or shifted (heavier grain, broad sea patches, stronger "
+    "glint, harder stretch, wider wakes; closer to a real Sentinel-2 B8 chip). The "
+    "annotations are the same.",
+)
+@click.option(
+    "--scene",
+    "scene_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Instead of chips, write a whole georeferenced scene: an L2A-like B08 GeoTIFF "
+    "(uint16, 10000 x reflectance + 1000, UTM North Sea, 10 m) with --wakes wakes and "
+    "clutter, plus the truth beside it (SCENE.csv, SCENE.geojson).",
+)
+@click.option(
+    "--wakes",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Wakes in the --scene.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=256),
+    default=10980,
+    show_default=True,
+    help="Side of the --scene in pixels (a Sentinel-2 tile: 10980).",
+)
 def synth_command(
-    out_dir: Path,
+    out_dir: Path | None,
     count: int,
     seed: int,
     min_size: int,
@@ -664,10 +839,24 @@ def synth_command(
     workers: int | None,
     geotiff: bool,
     no_wake_fraction: float,
+    style: str,
+    scene_path: Path | None,
+    wakes: int,
+    size: int,
 ) -> None:
-    """Write COUNT synthetic Sentinel-2 wake chips to OUT_DIR in the dataset's layout."""
+    """Write COUNT synthetic Sentinel-2 wake chips to OUT_DIR in the dataset's layout.
+
+    With --scene, write one whole scene with wakes at known places instead.
+    """
     from wakemodel.synthetic import generate_dataset, no_wake_indices
 
+    if scene_path is not None:
+        if out_dir is not None:
+            raise click.UsageError("Give either OUT_DIR (chips) or --scene FILE.tif, not both.")
+        _write_scene(scene_path, wakes, size, seed)
+        return
+    if out_dir is None:
+        raise click.UsageError("Give OUT_DIR (a folder for chips) or --scene FILE.tif.")
     if workers is None:
         workers = available_cores()
     root = generate_dataset(
@@ -679,6 +868,7 @@ def synth_command(
         workers=workers,
         geotiff=geotiff,
         no_wake_fraction=no_wake_fraction,
+        style=style,
     )
     no_wake = len(no_wake_indices(count, seed, no_wake_fraction))
     without = f" ({no_wake} without a wake)" if no_wake_fraction > 0 else ""
@@ -686,6 +876,150 @@ def synth_command(
         f"Wrote {count} chips{without} to {root} (imgs/{'*.tif' if geotiff else ''}, annotations/)."
     )
     click.echo(f"Next: python cli.py plot dataset {root} --out dataset.png")
+
+
+def _write_scene(scene_path: Path, wakes: int, size: int, seed: int) -> None:
+    """``synth --scene``: write the scene with a progress bar and say what was written."""
+    from wakemodel.scene_synth import write_synthetic_scene
+
+    with _ChipProgress(min_chips=0, label="Writing rows") as progress:
+        truth = write_synthetic_scene(scene_path, wakes, size=size, seed=seed, progress=progress)
+    click.echo(
+        f"Wrote {scene_path} ({size}x{size} px, {len(truth)} wakes) and its truth "
+        f"{scene_path.with_suffix('.csv')}, {scene_path.with_suffix('.geojson')}."
+    )
+    click.echo(f"Next: python cli.py scan MODEL {scene_path} --out vessels.geojson --plot scan.png")
+
+
+@main.command("scan")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("scene", type=click.Path(path_type=Path))
+@click.option(
+    "--vessels",
+    "vessels_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV of vessel positions: lat,lon (e.g. AIS) or scene pixels x,y; optional id, "
+    "name, mmsi. Without it, candidates come from the built-in CFAR detector.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file [default: vessels.geojson, or vessels.csv/.parquet per --format].",
+)
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["geojson", "csv", "parquet"]),
+    help="geojson (Points and wake LineStrings, WGS 84, RFC 7946), csv (one row per "
+    "vessel) or parquet (GeoParquet; needs geopandas) [default: from --out's suffix, "
+    "else geojson].",
+)
+@click.option(
+    "--band",
+    default="B08",
+    show_default=True,
+    help="Band read from a .SAFE folder (B08, the near-infrared band the training chips "
+    "come from).",
+)
+@click.option(
+    "--chip-m",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Window side in metres [default: the training chips' median extent, stored in the "
+    "model file].",
+)
+@click.option(
+    "--platforms",
+    "platforms_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV of platforms (lat, lon, optional name, id): adds the nearest platform, its "
+    "distance and the closest point of approach.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save a quick-look PNG of the scene with the vessels and their headings.",
+)
+@click.option(
+    "--cfar-sigma",
+    type=click.FloatRange(min=0, min_open=True),
+    default=6.0,
+    show_default=True,
+    help="Detector threshold: standard deviations above the local sea (without --vessels).",
+)
+@click.option(
+    "--second-look/--no-second-look",
+    default=True,
+    show_default=True,
+    help="Look again at every readable wake through a window centred on the wake (the whole "
+    "wake in view, as in a training chip); keep that answer unless it is less certain.",
+)
+@_model_options(skip=("--gsd", "--devices"))
+def scan_command(
+    model: Path,
+    scene: Path,
+    vessels_csv: Path | None,
+    out: Path | None,
+    out_format: str | None,
+    band: str,
+    chip_m: float | None,
+    platforms_csv: Path | None,
+    plot_path: Path | None,
+    cfar_sigma: float,
+    second_look: bool,
+    accelerator: str,
+    batch_size: int,
+    tta: bool,
+    min_wake_score: float,
+) -> None:
+    """Find the vessels of a whole SCENE with MODEL (.ckpt or .onnx): position, true heading.
+
+    SCENE is a GeoTIFF/COG band, a JPEG2000 band (*_B08_10m.jp2) or a Sentinel-2
+    .SAFE folder (L1C or L2A; the band is picked by --band, reflectance offsets
+    and nodata are handled). Each vessel (from --vessels, or the detector) gets
+    a window read around it, the model's wake keypoints, the vessel's latitude
+    and longitude at the wake vertex, its true heading (grid convergence
+    corrected) with a 1-sigma uncertainty, the wake score and the wake length in
+    metres. Vessels outside the scene are reported and skipped.
+    """
+    from wakemodel.detect import CfarSettings
+    from wakemodel.scan import scan, scan_format, write_scan
+
+    fmt = scan_format(out, out_format)
+    out_path = out or Path(f"vessels.{fmt}")
+    stages = {"detect": "Detecting", "predict": "Predicting"}
+    bars: dict[str, _ChipProgress] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.setdefault(stage, _ChipProgress(min_chips=1, label=stages[stage]))
+        bar(done, total)
+        if done >= total:
+            bar.close()
+
+    result = scan(
+        model,
+        scene,
+        vessels=vessels_csv,
+        band=band,
+        chip_m=chip_m,
+        batch_size=batch_size,
+        tta=tta,
+        accelerator=accelerator,
+        min_wake_score=min_wake_score,
+        platforms=platforms_csv,
+        cfar=CfarSettings(threshold_sigma=cfar_sigma),
+        second_look=second_look,
+        progress=progress,
+    )
+    for bar in bars.values():
+        bar.close()
+    write_scan(result, out_path, fmt)
+    click.echo(result.summary())
+    click.echo(f"Wrote {out_path} ({fmt}).")
+    if plot_path is not None:
+        from wakemodel.plots import plot_scan
+
+        click.echo(f"Saved {plot_scan(result, plot_path)}")
 
 
 @main.command("download")

@@ -292,6 +292,14 @@ class TrainConfig:
             negatable=True,
         ),
     )
+    split_dir: Path | None = field(
+        default=None,
+        metadata=_cli(
+            "Folder holding train.txt, val.txt and test.txt, each naming the chips of that "
+            "split one a line (None: a seeded 80/10/10 split).",
+            cli=False,
+        ),
+    )
     progress_bar: bool = field(
         default=True,
         metadata=_cli("Show a progress bar with the loss and validation metrics.", cli=False),

@@ -113,6 +113,22 @@ class _UnusableSampleError(Exception):
         self.reason = reason
 
 
+def median_chip_extent_m(records: Sequence[WakeRecord], gsd_m: float) -> float:
+    """Median ground extent of chips: the side of a square of the same area (metres).
+
+    Args:
+        records: Chips (their original width and height in pixels).
+        gsd_m: Ground sampling distance (metres per pixel).
+
+    Returns:
+        ``median(sqrt(width * height)) * gsd_m``; NaN without records.
+    """
+    if not records:
+        return math.nan
+    sides_px = [math.sqrt(record.width * record.height) for record in records]
+    return float(np.median(sides_px)) * gsd_m
+
+
 def _parse_keypoints(annotation_path: Path, width: int, height: int) -> np.ndarray:
     """Parse and validate an annotation's tooltips.
 

@@ -43,6 +43,7 @@ from wakemodel.predictors import (
     OUTPUT_NAMES,
     OnnxPredictor,
     TorchPredictor,
+    chip_extent_m,
     load_predictor,
 )
 from wakemodel.predictors import require as _require
@@ -68,11 +69,15 @@ OnnxKeypointPredictor = OnnxPredictor
 """The ONNX Runtime backend (:class:`wakemodel.predictors.OnnxPredictor`), by its old name."""
 
 
-def _metadata(image_size: int, precision: str, source: Path) -> dict[str, str]:
+def _metadata(
+    image_size: int, precision: str, source: Path, chip_extent_m: float | None
+) -> dict[str, str]:
     """The ``metadata_props`` of an exported model (all values are strings)."""
     from wakemodel import network, preprocess
 
+    extent = {} if chip_extent_m is None else {METADATA_KEYS["chip_extent_m"]: repr(chip_extent_m)}
     return {
+        **extent,
         METADATA_KEYS["image_size"]: str(image_size),
         METADATA_KEYS["input_scale"]: repr(1.0 / 255.0),
         METADATA_KEYS["preprocessing"]: (
@@ -216,7 +221,12 @@ def export_onnx(
     if not isinstance(predictor, TorchPredictor):
         raise InputError(f"{checkpoint}: export needs a .ckpt checkpoint written by `train`.")
     detector = predictor.module.float().to(memory_format=_contiguous_format())
-    metadata = _metadata(predictor.image_size, "int8" if int8 else "fp32", Path(checkpoint))
+    metadata = _metadata(
+        predictor.image_size,
+        "int8" if int8 else "fp32",
+        Path(checkpoint),
+        chip_extent_m(predictor),
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with (
         atomic_path(out_path) as tmp,

@@ -31,6 +31,7 @@ from wakemodel.errors import InputError, WakeModelError
 if TYPE_CHECKING:
     from wakemodel.georef import GeoReference, PlatformApproach
     from wakemodel.infer import Prediction
+    from wakemodel.scan import ScanResult
 
 FIGURE_DPI = 100
 """Dots per inch of saved figures (pixels = inches * FIGURE_DPI)."""
@@ -928,3 +929,65 @@ def _draw_wake_scores(
         parts.append("no negatives")
     ax.set_title("wake score: " + ", ".join(parts), fontsize="small")
     ax.legend(fontsize="small", loc="upper left")
+
+
+def plot_scan(result: ScanResult, out_path: str | os.PathLike[str], max_side: int = 1600) -> Path:
+    """Quick-look of a scanned scene: the band with every vessel and its heading.
+
+    The band is read decimated to at most ``max_side`` pixels a side. A vessel
+    with a readable wake gets its wake components (lines from the vertex) and a
+    heading arrow; one without gets a hollow circle at its input position.
+
+    Args:
+        result: A :func:`wakemodel.scan.scan` result (its scene is reopened).
+        out_path: Output image file (PNG).
+        max_side: Largest side of the decimated band (pixels).
+
+    Returns:
+        ``out_path`` (8 x 8 inch panel, 800 x 800 pixels plus margins).
+    """
+    from wakemodel.preprocess import normalize_image
+    from wakemodel.scene import open_scene
+
+    with open_scene(result.scene, result.band) as scene:
+        overview, _ = scene.overview(max_side)
+        georef = scene.georef
+        width, height = scene.width, scene.height
+    arrow_px = 0.03 * max(width, height)
+    with _figure_style():
+        figure, axes = new_figure(1, 1, panel_size_in=(8.0, 8.0))
+        ax = axes[0, 0]
+        ax.imshow(
+            normalize_image(overview),
+            cmap="gray",
+            extent=(0, width, height, 0),
+            interpolation="antialiased",
+        )
+        ax.grid(False)
+        for vessel in result.vessels:
+            x, y = vessel.point_px
+            if not vessel.wake_found:
+                ax.plot(x, y, "o", mfc="none", mec="0.7", ms=6, mew=1.0)
+                continue
+            for slot in range(1, len(vessel.keypoints_px)):
+                if vessel.prediction.visible[slot]:
+                    end_x, end_y = vessel.keypoints_px[slot]
+                    ax.plot([x, end_x], [y, end_y], color=FAR_END_COLOR, linewidth=1.2)
+            bearing = math.radians(vessel.prediction.heading_deg)
+            ax.annotate(
+                "",
+                xy=(x + arrow_px * math.sin(bearing), y - arrow_px * math.cos(bearing)),
+                xytext=(x, y),
+                arrowprops={"arrowstyle": "-|>", "color": VERTEX_COLOR, "linewidth": 1.2},
+            )
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        _draw_lonlat_ticks(ax, georef)
+        _draw_north_arrow(ax, georef)
+        _draw_scale_bar(ax, georef)
+        ax.set_title(
+            f"{result.scene.name} ({result.band}): {len(result.vessels)} vessels, "
+            f"{result.wakes_found} with a readable wake (arrows: heading; circles: no wake)",
+            fontsize="small",
+        )
+        return save_figure(figure, out_path)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import pickle
 import zipfile
@@ -56,8 +57,12 @@ METADATA_KEYS = {
     "precision": "wakemodel.precision",
     "version": "wakemodel.version",
     "source": "wakemodel.source_checkpoint",
+    "chip_extent_m": "wakemodel.chip_extent_m",
 }
 """Names of the ``metadata_props`` an exported ONNX file carries."""
+
+CHIP_EXTENT_KEY = "wakemodel_chip_extent_m"
+"""Checkpoint entry holding the training chips' median ground extent (metres)."""
 
 ONNX_INSTALL_HINT = "install the ONNX extra: pip install 'wakemodel[onnx]'"
 
@@ -126,6 +131,25 @@ def _input_size(value: Any) -> int | None:
     except InputError:
         return None
     return value
+
+
+def _positive_float(value: Any) -> float | None:
+    """``value`` as a finite positive float (a number or its text), else None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def chip_extent_m(predictor: KeypointPredictor) -> float | None:
+    """The training chips' median ground extent (metres) a model file carries, else None.
+
+    Checkpoints written by ``train`` and ONNX files exported from them carry it;
+    older files and in-memory models do not.
+    """
+    metadata = getattr(predictor, "metadata", None) or {}
+    return _positive_float(metadata.get("chip_extent_m"))
 
 
 class TorchPredictor:
@@ -220,6 +244,7 @@ class OnnxPredictor:
             "format": "onnx",
             "path": str(self.path),
             "image_size": self.image_size,
+            "chip_extent_m": _positive_float(properties.get(METADATA_KEYS["chip_extent_m"])),
         }
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -306,6 +331,7 @@ def _load_checkpoint(checkpoint_path: Path, accelerator: str) -> TorchPredictor:
         "image_size": image_size,
         "hyper_parameters": hyper_parameters,
         "run_dir": None if run_dir is None else str(run_dir),
+        "chip_extent_m": checkpoint.get(CHIP_EXTENT_KEY),
     }
     logger.debug("Loaded %s (image size %d) on %s", checkpoint_path, image_size, device)
     return TorchPredictor(detector, image_size, device, metadata)

@@ -28,6 +28,10 @@ without a readable wake (open sea, clouds, sun glint, or a vessel without a
 wake) annotated ``{"tooltips": []}``. Whether chip ``i`` is negative, and the
 negative chip itself, come from a second generator of its own
 (:func:`no_wake_indices`), so the wake chips are the same as with F = 0.
+
+``style="shifted"`` (:data:`STYLES`) draws the same chips with another look,
+closer to a real Sentinel-2 B8 chip: heavier grain, broad sea patches, stronger
+glint, a harder stretch and wider wakes; the annotations are the same.
 """
 
 from __future__ import annotations
@@ -63,6 +67,65 @@ CLOUD_FRACTION = 0.2
 
 NO_WAKE_KINDS = ("open_sea", "clouds", "glint", "vessel")
 """Kinds of chips without a wake, drawn with equal probability (:func:`render_no_wake_chip`)."""
+
+
+@dataclass(frozen=True)
+class SyntheticStyle:
+    """The appearance of synthetic chips: sea, noise, glint, stretch and wake strength.
+
+    Ranges are (low, high) of uniform draws; factors multiply the wake's
+    amplitudes and widths (noise-sigma units and pixels). The draws are the
+    same in every style, so a chip's geometry does not depend on its style.
+
+    Attributes:
+        sea_slope: Power-spectrum exponent of the sea texture (larger: smoother patches).
+        sea_amplitude: Sea texture strength relative to the sensor noise.
+        glint: Brightness change of the sun-glint ramp across the chip diagonal.
+        noise_sigma: Sensor noise standard deviation (1: the unit of the other amplitudes).
+        low_percentile: Percentile stretched to black.
+        high_percentile: Percentile stretched to 225 (of 255).
+        wake_contrast: Factor on the Kelvin arms' and turbulent wake's amplitudes.
+        wake_width: Factor on the Kelvin arms' and turbulent wake's widths.
+    """
+
+    sea_slope: tuple[float, float] = (1.6, 2.8)
+    sea_amplitude: tuple[float, float] = (0.3, 1.1)
+    glint: tuple[float, float] = (0.0, 3.0)
+    noise_sigma: float = 1.0
+    low_percentile: tuple[float, float] = (0.5, 3.0)
+    high_percentile: tuple[float, float] = (97.0, 99.8)
+    wake_contrast: float = 1.0
+    wake_width: float = 1.0
+
+
+STYLES = {
+    "default": SyntheticStyle(),
+    # Closer to a real Sentinel-2 B8 chip: heavy grain, broad smooth bright/dark sea patches,
+    # stronger glint, a harder stretch that saturates both ends, and wider wakes.
+    "shifted": SyntheticStyle(
+        sea_slope=(2.8, 3.6),
+        sea_amplitude=(0.8, 1.8),
+        glint=(1.0, 6.0),
+        noise_sigma=1.5,
+        low_percentile=(3.0, 8.0),
+        high_percentile=(90.0, 96.0),
+        wake_contrast=1.2,  # 0.8x the default's contrast over the (1.5x) noise
+        wake_width=1.8,
+    ),
+}
+"""Chip appearances by name (``synth --style``); ``default`` is the generator's original look."""
+
+
+def synthetic_style(name: str) -> SyntheticStyle:
+    """The :data:`STYLES` entry ``name``.
+
+    Raises:
+        InputError: ``name`` is not a style.
+    """
+    if name not in STYLES:
+        raise InputError(f"Style {name!r} is unknown; use one of {', '.join(STYLES)}.")
+    return STYLES[name]
+
 
 _NO_WAKE_STREAM = 0x6E6F_7761_6B65
 """First spawn-key word of the per-chip negative streams (ASCII "nowake"); chip
@@ -258,7 +321,11 @@ def _layout(rng: np.random.Generator, width: int, height: int, course_deg: float
 
 
 def _draw_wake(
-    rng: np.random.Generator, layout: _WakeLayout, rel_x: np.ndarray, rel_y: np.ndarray
+    rng: np.random.Generator,
+    layout: _WakeLayout,
+    rel_x: np.ndarray,
+    rel_y: np.ndarray,
+    style: SyntheticStyle = STYLES["default"],
 ) -> tuple[np.ndarray, float]:
     """Draw the Kelvin arms, the turbulent wake and the vessel (noise-sigma units).
 
@@ -267,6 +334,7 @@ def _draw_wake(
         layout: Wake geometry.
         rel_x: ``[1, W']`` pixel-centre x minus vertex x (pixels) of the window drawn.
         rel_y: ``[H', 1]`` pixel-centre y minus vertex y (pixels) of the window drawn.
+        style: Wake contrast and width factors.
 
     Returns:
         float32 ``[H', W']`` wake signal and the vessel's peak amplitude.
@@ -283,8 +351,9 @@ def _draw_wake(
     else:
         arm_amplitude = float(rng.uniform(1.2, 3.0)) * (1.0 if rng.random() < 0.85 else -1.0)
     arm_fade = float(rng.uniform(0.2, 0.55))
-    arm_width0 = float(rng.uniform(0.8, 1.8))
-    arm_spread = float(rng.uniform(0.003, 0.012))
+    arm_amplitude *= style.wake_contrast
+    arm_width0 = float(rng.uniform(0.8, 1.8)) * style.wake_width
+    arm_spread = float(rng.uniform(0.003, 0.012)) * style.wake_width
     crest_px = float(rng.uniform(4.0, 12.0))
     crest_depth = float(rng.uniform(0.0, 0.6))
     crest_phase = float(rng.uniform(0.0, 2.0 * math.pi))
@@ -309,11 +378,13 @@ def _draw_wake(
     turbulent_px = layout.turbulent_px
     # When the turbulent wake is the only annotated component it must stand out.
     strongest = 3.5 if layout.wake_kind == "turbulent" else 2.5
-    turbulent_amplitude = float(rng.uniform(strongest - 1.5, strongest)) * (
-        -1.0 if rng.random() < 0.6 else 1.0
+    turbulent_amplitude = (
+        float(rng.uniform(strongest - 1.5, strongest))
+        * (-1.0 if rng.random() < 0.6 else 1.0)
+        * style.wake_contrast
     )
-    turbulent_width = float(rng.uniform(1.5, 4.0)) + np.float32(
-        rng.uniform(0.01, 0.05)
+    turbulent_width = float(rng.uniform(1.5, 4.0)) * style.wake_width + np.float32(
+        rng.uniform(0.01, 0.05) * style.wake_width
     ) * np.maximum(along_back, 0.0)
     turbulent_fade = float(rng.uniform(0.3, 0.7))
     wake += (
@@ -393,6 +464,7 @@ def _render_scene(
     vessel_amplitude: float,
     clear_offsets: np.ndarray,
     scene: str = "wake",
+    style: SyntheticStyle = STYLES["default"],
 ) -> np.ndarray:
     """Add the sea, sun glint, clouds and noise around a wake and stretch to 8 bits.
 
@@ -413,6 +485,7 @@ def _render_scene(
         scene: ``"wake"``, or a kind of :data:`NO_WAKE_KINDS`: ``"clouds"``
             always has (wider) clouds, ``"glint"`` adds a broad bright glint
             patch; the others are drawn like ``"wake"``.
+        style: Sea texture, glint, noise and stretch.
 
     Returns:
         uint8 ``[H, W]`` chip.
@@ -425,13 +498,15 @@ def _render_scene(
         float(rng.uniform(0.0, 360.0)),
         float(rng.uniform(0.0, 0.12)),
     )
-    sea = _spectral_field(rng, height, width, slope=float(rng.uniform(1.6, 2.8)), swell=swell)
-    image = np.float32(rng.uniform(0.3, 1.1)) * sea
+    sea = _spectral_field(
+        rng, height, width, slope=float(rng.uniform(*style.sea_slope)), swell=swell
+    )
+    image = np.float32(rng.uniform(*style.sea_amplitude)) * sea
     if wake is not None:
         image[rows, cols] += wake
     # Sun glint: a smooth brightness ramp across the chip.
     glint_dir = _unit(float(rng.uniform(0.0, 360.0)))
-    glint_per_px = np.float32(float(rng.uniform(0.0, 3.0)) / diagonal)
+    glint_per_px = np.float32(float(rng.uniform(*style.glint)) / diagonal)
     image += glint_per_px * (
         (rel_x + np.float32(vertex[0])) * np.float32(glint_dir[0])
         + (rel_y + np.float32(vertex[1])) * np.float32(glint_dir[1])
@@ -461,12 +536,12 @@ def _render_scene(
             distance = _segment_distance(rel_x, rel_y, clear_offsets)
             opacity *= np.clip(distance / clear_px - 1.0, 0.0, 1.0)
         image += np.float32(rng.uniform(0.3, 0.7) * vessel_amplitude) * opacity
-    image += rng.standard_normal((height, width), dtype=np.float32)
+    image += np.float32(style.noise_sigma) * rng.standard_normal((height, width), dtype=np.float32)
 
     # Percentile stretch to 0-225 as in a stretched Sentinel-2 quicklook; the brightest values
     # around the vessel are squeezed into 225-232 and only the vessel (and far-away clouds or
     # glints) reaches 255, so the vessel stays the brightest blob at the vertex.
-    low_pct, high_pct = rng.uniform(0.5, 3.0), rng.uniform(97.0, 99.8)
+    low_pct, high_pct = rng.uniform(*style.low_percentile), rng.uniform(*style.high_percentile)
     low_value, high_value = np.percentile(image[::3, ::3], [low_pct, high_pct])
     high_value = max(high_value, low_value + 1e-3)
     distance_sq = rel_x[:, cols] ** 2 + rel_y[rows] ** 2
@@ -480,30 +555,43 @@ def _render_scene(
     return np.rint(levels).astype(np.uint8)
 
 
-def render_chip(rng: np.random.Generator, width: int, height: int) -> SyntheticChip:
+def render_chip(
+    rng: np.random.Generator, width: int, height: int, style: str = "default"
+) -> SyntheticChip:
     """Render one synthetic Sentinel-2 wake chip.
 
     Args:
         rng: Random generator; the chip is a pure function of its state.
         width: Chip width (pixels, at least 32).
         height: Chip height (pixels, at least 32).
+        style: Appearance, a name in :data:`STYLES`; the wake's geometry and
+            annotation do not depend on it.
 
     Returns:
         The chip with its annotation; all keypoints lie inside the chip, the
         vertex at least ``max(4, 4% of the short side)`` pixels from the border.
 
     Raises:
-        InputError: ``width`` or ``height`` is below 32 pixels.
+        InputError: ``width`` or ``height`` is below 32 pixels, or an unknown ``style``.
     """
     _check_size(width, height)
+    look = synthetic_style(style)
     course_deg = float(rng.uniform(0.0, 360.0))
     layout = _layout(rng, width, height, course_deg)
     vertex = layout.vertex
     rel_x, rel_y = _pixel_offsets(vertex, width, height)
     rows, cols = _window(layout, width, height)
-    wake, vessel_amplitude = _draw_wake(rng, layout, rel_x[:, cols], rel_y[rows])
+    wake, vessel_amplitude = _draw_wake(rng, layout, rel_x[:, cols], rel_y[rows], look)
     pixels = _render_scene(
-        rng, width, height, vertex, (rows, cols), wake, vessel_amplitude, layout.drawn_offsets
+        rng,
+        width,
+        height,
+        vertex,
+        (rows, cols),
+        wake,
+        vessel_amplitude,
+        layout.drawn_offsets,
+        style=look,
     )
     keypoints_px = np.vstack([vertex, vertex + layout.annotated])
     return SyntheticChip(
@@ -516,7 +604,11 @@ def render_chip(rng: np.random.Generator, width: int, height: int) -> SyntheticC
 
 
 def render_no_wake_chip(
-    rng: np.random.Generator, width: int, height: int, kind: str | None = None
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    kind: str | None = None,
+    style: str = "default",
 ) -> SyntheticChip:
     """Render one synthetic chip without a readable wake (a negative sample).
 
@@ -533,6 +625,7 @@ def render_no_wake_chip(
         width: Chip width (pixels, at least 32).
         height: Chip height (pixels, at least 32).
         kind: One of :data:`NO_WAKE_KINDS`, or None to draw one uniformly.
+        style: Appearance, a name in :data:`STYLES`.
 
     Returns:
         The chip with no keypoints (``keypoints_px`` of shape ``[0, 2]``,
@@ -540,9 +633,11 @@ def render_no_wake_chip(
         ``"vessel"``, else NaN).
 
     Raises:
-        InputError: ``width`` or ``height`` is below 32 pixels, or an unknown ``kind``.
+        InputError: ``width`` or ``height`` is below 32 pixels, or an unknown ``kind``
+            or ``style``.
     """
     _check_size(width, height)
+    look = synthetic_style(style)
     if kind is None:
         kind = NO_WAKE_KINDS[int(rng.integers(len(NO_WAKE_KINDS)))]
     elif kind not in NO_WAKE_KINDS:
@@ -573,7 +668,7 @@ def render_no_wake_chip(
     else:
         vessel_amplitude = wake_amplitude + float(rng.uniform(5.0, 9.0))
     pixels = _render_scene(
-        rng, width, height, vertex, (rows, cols), wake, vessel_amplitude, clear_offsets, kind
+        rng, width, height, vertex, (rows, cols), wake, vessel_amplitude, clear_offsets, kind, look
     )
     return SyntheticChip(
         image=pixels,
@@ -660,6 +755,7 @@ def _write_chips(
     max_size: int,
     geotiff: bool = False,
     no_wake_fraction: float = 0.0,
+    style: str = "default",
 ) -> int:
     """Render and write chips ``indices`` (each from its own spawned generator) under ``root``.
 
@@ -677,13 +773,13 @@ def _write_chips(
             rng = _no_wake_generator(seed, index)
             if rng.random() < no_wake_fraction:
                 width, height = (int(side) for side in rng.integers(min_size, max_size + 1, size=2))
-                chip = render_no_wake_chip(rng, width, height)
+                chip = render_no_wake_chip(rng, width, height, style=style)
                 _write_chip(root, chip_name(index), chip, rng if geotiff else None)
                 no_wake += 1
                 continue
         rng = np.random.default_rng(children[index])
         width, height = (int(side) for side in rng.integers(min_size, max_size + 1, size=2))
-        chip = render_chip(rng, width, height)
+        chip = render_chip(rng, width, height, style=style)
         _write_chip(root, chip_name(index), chip, rng if geotiff else None)
     return no_wake
 
@@ -698,6 +794,7 @@ def generate_dataset(
     workers: int = 1,
     geotiff: bool = False,
     no_wake_fraction: float = 0.0,
+    style: str = "default",
 ) -> Path:
     """Write ``count`` synthetic chips in the real dataset's layout.
 
@@ -721,13 +818,16 @@ def generate_dataset(
             (:func:`render_no_wake_chip`, annotated ``{"tooltips": []}``); which
             chips are :func:`no_wake_indices`. The wake chips are the same
             whatever it is, and 0 gives the same files as before it existed.
+        style: Appearance, a name in :data:`STYLES` (``"shifted"``: closer to a
+            real Sentinel-2 B8 chip); the annotations do not depend on it and
+            ``"default"`` gives the same files as before it existed.
 
     Returns:
         ``out_dir`` holding ``imgs/synth_NNNNNN.png`` (or ``.tif``) and
         ``annotations/synth_NNNNNN.json``.
 
     Raises:
-        InputError: A bad count, size range or no-wake fraction.
+        InputError: A bad count, size range, no-wake fraction or style.
         WakeModelError: ``out_dir`` exists and is not an empty folder.
     """
     out = Path(out_dir)
@@ -738,6 +838,7 @@ def generate_dataset(
             f"Chip size range {min_size}-{max_size} is invalid; use 32 <= --min-size <= --max-size."
         )
     no_wake_fraction = _check_no_wake_fraction(no_wake_fraction)
+    synthetic_style(style)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise WakeModelError(
             f"Output folder {out} already exists and is not empty; delete it or choose another."
@@ -751,7 +852,7 @@ def generate_dataset(
         workers = max(1, min(workers, count))
         if workers == 1:
             no_wake = _write_chips(
-                staging, range(count), seed, min_size, max_size, geotiff, no_wake_fraction
+                staging, range(count), seed, min_size, max_size, geotiff, no_wake_fraction, style
             )
         else:
             bounds = np.linspace(0, count, workers + 1).astype(int)
@@ -766,6 +867,7 @@ def generate_dataset(
                         max_size,
                         geotiff,
                         no_wake_fraction,
+                        style,
                     )
                     for start, stop in itertools.pairwise(bounds)
                 ]

@@ -19,7 +19,8 @@ holds everything it writes (see ``checkpoints/README.md``):
   both written atomically. ``--checkpoint-dir`` puts them elsewhere. Every
   checkpoint carries the module's hyperparameters (``image_size`` ...) and
   ``checkpoint["wakemodel_run_dir"]``, the run folder (where ``metrics.csv``
-  is).
+  is), and ``checkpoint["wakemodel_chip_extent_m"]``, the training chips' median
+  ground extent (metres; ``scan`` cuts scene windows of this size).
 
 ``--resume RUN/checkpoints/last.ckpt`` continues in the same run folder: the
 same ``metrics.csv`` (appended) and checkpoints. ``--fast-dev-run`` writes no
@@ -66,10 +67,12 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from wakemodel._io import atomic_path
 from wakemodel.budget import TimeBudget, _set_total_steps, parse_duration_s
 from wakemodel.config import CONFIG_FILE_NAME, TrainConfig, save_config
+from wakemodel.data import SPLIT_NAMES, median_chip_extent_m
 from wakemodel.datamodule import WakeDataModule
 from wakemodel.devices import DeviceChoice, environment_info, select_device
 from wakemodel.errors import InputError, WakeModelError, first_line
 from wakemodel.model import WakeKeypointModule
+from wakemodel.predictors import CHIP_EXTENT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +168,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunRecorder(Callback):
-    """Write the run's ``config.yaml``, record validation metrics, stamp the run folder.
+    """Write the run's ``config.yaml``, record validation metrics, stamp the checkpoints.
+
+    Every checkpoint gets the run folder and the training chips' median ground
+    extent (:data:`CHIP_EXTENT_KEY`, metres), which ``scan`` sizes scene windows by.
 
     The per-epoch history is part of the checkpoint's callback state, so a
     resumed run still knows its best epoch.
@@ -186,6 +192,7 @@ class RunRecorder(Callback):
         self.run_dir = run_dir
         self.config = config
         self.history: dict[int, dict[str, float]] = {}
+        self.chip_extent_m = math.nan
 
     @property
     def config_path(self) -> Path | None:
@@ -211,9 +218,14 @@ class RunRecorder(Callback):
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Write ``config.yaml`` (rank zero, atomically) once the data has loaded."""
+        """Write ``config.yaml`` (rank zero, atomically) and measure the training chips."""
         if self.config_path is not None and trainer.is_global_zero:
             save_config(self.config, self.config_path)  # type: ignore[arg-type]
+        datamodule = getattr(trainer, "datamodule", None)
+        if isinstance(datamodule, WakeDataModule):
+            self.chip_extent_m = median_chip_extent_m(
+                datamodule.train_dataset.records, float(pl_module.hparams.gsd_m)
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Store this epoch's ``val/*`` metrics (skipped during the sanity check)."""
@@ -228,9 +240,11 @@ class RunRecorder(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Stamp the run folder (where ``metrics.csv`` is) into ``checkpoint``."""
+        """Stamp the run folder (with ``metrics.csv``) and the chip extent into ``checkpoint``."""
         if self.run_dir is not None:
             checkpoint["wakemodel_run_dir"] = str(self.run_dir)
+        if math.isfinite(self.chip_extent_m):
+            checkpoint[CHIP_EXTENT_KEY] = self.chip_extent_m
 
     def state_dict(self) -> dict[str, Any]:
         """Return the metric history (saved in the checkpoint's callback state)."""
@@ -727,6 +741,9 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
         batch_size=config.batch_size,
         num_workers=config.workers,
         seed=config.seed,
+        split_files=None
+        if config.split_dir is None
+        else {name: config.split_dir / f"{name}.txt" for name in SPLIT_NAMES},
         augment=True,
         augment_on=config.augment_on,
     )

@@ -20,6 +20,7 @@ __all__ = [
     "as_numpy",
     "dihedral_transforms",
     "predict_batch",
+    "predict_views",
     "run_predictor",
     "transform_images",
     "untransform_keypoints",
@@ -100,16 +101,46 @@ def run_predictor(
     return keypoints, as_numpy(visibility), keypoint_std
 
 
+def predict_views(
+    predictor: KeypointPredictor, images: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predict a batch under the 8 dihedral views and map every view back, kept apart.
+
+    Each view's keypoints (and spread) are mapped back exactly and its two wake
+    ends aligned with those of the plain view (their order is meaningless) with
+    :func:`wakemodel.keypoints.match_arm_order`.
+
+    Args:
+        predictor: The model backend.
+        images: float32 ``[B, 1, S, S]`` network inputs in [0, 1].
+
+    Returns:
+        Normalised keypoints ``[8, B, 3, 2]``, visibility probabilities
+        ``[8, B, 3]`` and keypoint std ``[8, B, 3, 2]`` (NaN when the backend
+        gives none), the plain view first.
+    """
+    reference, reference_visibility, reference_std = run_predictor(predictor, images)
+    all_slots = np.ones(reference.shape[:-1], dtype=bool)
+    keypoints, visibility, keypoint_std = [reference], [reference_visibility], [reference_std]
+    for transform in dihedral_transforms()[1:]:
+        predicted, view_visibility, view_std = run_predictor(
+            predictor, transform_images(images, transform)
+        )
+        restored = untransform_keypoints(predicted, transform)
+        order = kp.match_arm_order(reference, restored, all_slots)
+        keypoints.append(kp.permute_slots(restored, order))
+        visibility.append(kp.permute_slots(view_visibility, order))
+        keypoint_std.append(kp.permute_slots(untransform_spread(view_std, transform), order))
+    return np.stack(keypoints), np.stack(visibility), np.stack(keypoint_std)
+
+
 def predict_batch(
     predictor: KeypointPredictor, images: np.ndarray, *, tta: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predict on one batch of network inputs, optionally with dihedral TTA.
 
-    With ``tta`` each of the 8 dihedral transforms of the square input is
-    predicted, its keypoints are mapped back exactly, its two wake ends are
-    aligned to those of the untransformed prediction (their order is
-    meaningless) with :func:`wakemodel.keypoints.match_arm_order`, and the
-    keypoints and visibility probabilities are averaged. The keypoint std
+    With ``tta`` the 8 dihedral views (:func:`predict_views`) are averaged:
+    keypoints and visibility probabilities by their mean; the keypoint std
     then combines both sources of doubt: the root mean square of the views'
     own std and the spread of the views around their mean. numpy only.
 
@@ -125,17 +156,6 @@ def predict_batch(
     """
     if not tta:
         return run_predictor(predictor, images)
-    reference, _, _ = views = run_predictor(predictor, images)
-    all_slots = np.ones(reference.shape[:-1], dtype=bool)
-    keypoints, visibility, keypoint_std = ([value] for value in views)
-    for transform in dihedral_transforms()[1:]:
-        predicted, view_visibility, view_std = run_predictor(
-            predictor, transform_images(images, transform)
-        )
-        restored = untransform_keypoints(predicted, transform)
-        order = kp.match_arm_order(reference, restored, all_slots)
-        keypoints.append(kp.permute_slots(restored, order))
-        visibility.append(kp.permute_slots(view_visibility, order))
-        keypoint_std.append(kp.permute_slots(untransform_spread(view_std, transform), order))
+    keypoints, visibility, keypoint_std = predict_views(predictor, images)
     spread_variance = np.mean(np.square(keypoint_std), axis=0) + np.var(keypoints, axis=0)
     return np.mean(keypoints, axis=0), np.mean(visibility, axis=0), np.sqrt(spread_variance)

@@ -1,0 +1,310 @@
+"""Self-training (issue 13): what unlabelled chips add to 60 labelled ones.
+
+All on synthetic chips with known truth (``--min-size``/``--max-size`` px sides):
+labelled = ``--labeled`` chips of seed ``--labeled-seed`` (default style);
+unlabelled = ``--unlabeled`` chips of seed ``--unlabeled-seed`` whose annotations
+are hidden (only their images are passed on); held out = ``--heldout`` chips of
+seed ``--heldout-seed``. Side by side, every training with the same settings and
+wall-clock budget (``--max-time`` per training, ``--image-size``, random starting
+weights, seed 0) and the same labelled validation chips:
+
+- (a) supervised on the labelled chips (self-training's round 0);
+- (b) self-training rounds 1..``--rounds`` (:func:`wakemodel.selftrain.selftrain`);
+- (c) the ceiling: the labelled chips plus the unlabelled ones with their true
+  labels, built like a self-training round (labelled chips repeated alike).
+
+Mode ``iid``: unlabelled and held-out chips of the default style. Mode ``shift``:
+unlabelled and held-out chips of the ``shifted`` style (``synth --style shifted``),
+labelled chips still of the default style; (a) is the same model as in ``iid``.
+
+Printed per mode: the held-out heading error (median, p90; degrees) and vertex error
+(median, pixels and share of the wake length) of every model; the pseudo-labels'
+precision against the hidden truth per round (share of kept chips within 10 degrees
+of heading and within 5 % of the chip diagonal at the vertex, and the same for the
+rejected chips); the gap closed by the round that the labelled validation chose.
+
+Usage (from the repository root; about 2 + (2 + 2 x rounds) x (max-time + 1) minutes)::
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_selftrain.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wakemodel import keypoints as kp
+from wakemodel.data import scan_dataset, split_records
+from wakemodel.evaluate import evaluate
+from wakemodel.selftrain import (
+    ROUND_FILE,
+    SelfTrainConfig,
+    SelfTrainResult,
+    selftrain,
+    write_training_set,
+)
+from wakemodel.synthetic import generate_dataset
+from wakemodel.train import TrainConfig, train
+
+HEADING_OK_DEG = 10.0
+"""A pseudo-label's heading is correct within this many degrees of the truth."""
+
+VERTEX_OK_FRAC = 0.05
+"""A pseudo-label's vertex is correct within this share of the chip diagonal."""
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/bench-selftrain"))
+    parser.add_argument("--modes", nargs="+", choices=("iid", "shift"), default=["iid", "shift"])
+    parser.add_argument("--labeled", type=int, default=60)
+    parser.add_argument("--unlabeled", type=int, default=1000)
+    parser.add_argument("--heldout", type=int, default=200)
+    parser.add_argument("--labeled-seed", type=int, default=1)
+    parser.add_argument("--unlabeled-seed", type=int, default=2)
+    parser.add_argument("--heldout-seed", type=int, default=3)
+    parser.add_argument("--min-size", type=int, default=64)
+    parser.add_argument("--max-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--max-time", default="00:00:05:30", help="Wall-clock budget of every training."
+    )
+    parser.add_argument("--epochs", type=int, default=400, help="Upper bound on the epochs.")
+    parser.add_argument("--json", type=Path, help="Also write the results as JSON.")
+    return parser.parse_args()
+
+
+def _dataset(root: Path, name: str, count: int, seed: int, style: str, args: Any) -> Path:
+    """A synthetic dataset, generated once."""
+    folder = root / name
+    if not (folder / "imgs").is_dir():
+        generate_dataset(
+            folder,
+            count,
+            seed,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            workers=os.cpu_count() or 1,
+            style=style,
+        )
+    return folder
+
+
+def _images_only(dataset: Path, folder: Path) -> Path:
+    """``folder`` holding hard links to ``dataset``'s images and nothing else."""
+    if not folder.is_dir():
+        partial = folder.with_name(folder.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        for image in (dataset / "imgs").iterdir():
+            if not (partial / image.name).exists():
+                os.link(image, partial / image.name)
+        partial.rename(folder)
+    return folder
+
+
+def _held_out(checkpoint: Path, heldout: Path) -> dict[str, float]:
+    """Held-out errors of a checkpoint (single view)."""
+    report = evaluate(checkpoint, heldout, accelerator="cpu", batch_size=32)
+    heading = report.errors["heading_error_deg"]
+    return {
+        "heading_median_deg": float(np.nanmedian(heading)),
+        "heading_p90_deg": float(np.nanpercentile(heading, 90)),
+        "vertex_median_px": float(np.nanmedian(report.errors["vertex_error_px"])),
+        "vertex_median_frac": float(np.nanmedian(report.errors["vertex_error_frac"])),
+    }
+
+
+def _pseudo_precision(round_dir: Path, truth: Path) -> dict[str, float]:
+    """Pseudo-labels against the hidden truth: kept and rejected chips' correct shares."""
+    chips = json.loads((round_dir / "agreement.json").read_text(encoding="utf-8"))
+    records = {record.name: record for record in scan_dataset(truth)}
+    heading_ok, vertex_ok, kept = [], [], []
+    for chip in chips:
+        record = records[Path(chip["source"]).stem]
+        true_heading = float(kp.heading_deg(record.keypoints_px, record.visible))
+        heading = math.nan if chip["heading_deg"] is None else chip["heading_deg"]
+        heading_ok.append(bool(kp.angle_difference_deg(heading, true_heading) <= HEADING_OK_DEG))
+        vertex_error = np.hypot(*(np.array(chip["vertex_px"]) - record.keypoints_px[0]))
+        diagonal = math.hypot(record.width, record.height)
+        vertex_ok.append(bool(vertex_error <= VERTEX_OK_FRAC * diagonal))
+        kept.append(bool(chip["kept"]))
+    kept_mask = np.array(kept, dtype=bool)
+    heading_ok_a, vertex_ok_a = np.array(heading_ok), np.array(vertex_ok)
+    both = heading_ok_a & vertex_ok_a
+
+    def share(values: np.ndarray, mask: np.ndarray) -> float:
+        return float(values[mask].mean()) if mask.any() else math.nan
+
+    return {
+        "kept": int(kept_mask.sum()),
+        "total": len(chips),
+        "kept_heading_ok": share(heading_ok_a, kept_mask),
+        "kept_vertex_ok": share(vertex_ok_a, kept_mask),
+        "kept_both_ok": share(both, kept_mask),
+        "rejected_heading_ok": share(heading_ok_a, ~kept_mask),
+        "rejected_both_ok": share(both, ~kept_mask),
+    }
+
+
+def _ceiling(config: SelfTrainConfig, truth: Path, folder: Path) -> tuple[Path, float]:
+    """(c): train on the labelled chips plus the unlabelled ones with their true labels."""
+    done = folder / "ceiling.json"
+    if done.is_file():
+        stored = json.loads(done.read_text(encoding="utf-8"))
+        return Path(stored["checkpoint"]), float(stored["wall_s"])
+    start = time.monotonic()
+    fractions = (1.0 - config.val_fraction, config.val_fraction, 0.0)
+    parts = split_records(scan_dataset(config.labeled_dir), config.train.seed, fractions)
+    data = folder / "train_data"
+    write_training_set(data, parts["train"], parts["val"], truth, config.labeled_repeats)
+    result = train(
+        replace(
+            config.train, data_dir=data, split_dir=data / "splits", run_dir=folder, run_name="run"
+        )
+    )
+    checkpoint = result.best_checkpoint or result.last_checkpoint
+    assert checkpoint is not None
+    wall_s = time.monotonic() - start
+    done.write_text(json.dumps({"checkpoint": str(checkpoint), "wall_s": wall_s}))
+    return checkpoint, wall_s
+
+
+def _gap_closed(baseline: float, value: float, ceiling: float) -> float:
+    """Share of the gap from the baseline to the ceiling that ``value`` closes."""
+    gap = baseline - ceiling
+    return (baseline - value) / gap if gap > 0 else math.nan
+
+
+def _print_mode(mode: str, rows: list[dict[str, Any]], result: SelfTrainResult) -> None:
+    print(f"\n== {mode}: held-out errors (best round by labelled validation: {result.best_round})")
+    print(
+        f"{'model':<22}{'train chips':>12}{'kept':>7}{'val heading':>12}"
+        f"{'heading median':>16}{'p90':>8}{'vertex px':>11}{'vertex/len':>11}{'wall':>8}"
+    )
+    for row in rows:
+        print(
+            f"{row['model']:<22}{row['train_chips']:>12}{row.get('kept', '-')!s:>7}"
+            f"{row.get('val_heading_deg', math.nan):>11.2f}°"
+            f"{row['heading_median_deg']:>15.2f}°{row['heading_p90_deg']:>7.1f}°"
+            f"{row['vertex_median_px']:>11.2f}{row['vertex_median_frac']:>11.1%}"
+            f"{row['wall_s'] / 60:>7.1f}m"
+        )
+    precision = [row for row in rows if "pseudo" in row]
+    if precision:
+        print(
+            f"{'pseudo-labels':<22}{'kept':>12}{'heading ok':>12}{'vertex ok':>11}"
+            f"{'both ok':>9}{'rejected: heading ok':>22}{'both ok':>9}"
+        )
+        for row in precision:
+            p = row["pseudo"]
+            print(
+                f"{row['model']:<22}{p['kept']:>7}/{p['total']:<4}{p['kept_heading_ok']:>12.1%}"
+                f"{p['kept_vertex_ok']:>11.1%}{p['kept_both_ok']:>9.1%}"
+                f"{p['rejected_heading_ok']:>22.1%}{p['rejected_both_ok']:>9.1%}"
+            )
+
+
+def main() -> None:
+    args = _parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("wakemodel.selftrain").setLevel(logging.INFO)
+    start = time.monotonic()
+    data = args.out / "data"
+    labeled = _dataset(data, "labeled", args.labeled, args.labeled_seed, "default", args)
+    base = TrainConfig(
+        image_size=args.image_size,
+        max_time=args.max_time,
+        epochs=args.epochs,
+        accelerator="cpu",
+        pretrained=False,
+        progress_bar=False,
+        logger="none",
+    )
+    print(
+        f"torch {torch.__version__}, {platform.machine()} {os.cpu_count()} cores; "
+        f"image {args.image_size} px, chips {args.min_size}-{args.max_size} px, "
+        f"{args.max_time} per training, {args.rounds} rounds"
+    )
+    summary: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    for mode in args.modes:
+        style = "default" if mode == "iid" else "shifted"
+        truth = _dataset(
+            data, f"unlabeled-{style}", args.unlabeled, args.unlabeled_seed, style, args
+        )
+        heldout = _dataset(data, f"heldout-{style}", args.heldout, args.heldout_seed, style, args)
+        unlabeled = _images_only(truth, data / f"unlabeled-{style}-images")
+        out = args.out / mode
+        if mode == "shift" and "iid" in args.modes:
+            # (a) is the same model in both modes: reuse the iid run's round 0.
+            (out / "round_0").mkdir(parents=True, exist_ok=True)
+            source = args.out / "iid" / "round_0" / ROUND_FILE
+            (out / "round_0" / ROUND_FILE).write_text(source.read_text(encoding="utf-8"))
+        config = SelfTrainConfig(labeled, unlabeled, out, rounds=args.rounds, train=base)
+        result = selftrain(config)
+        rows = []
+        for r in result.rounds:
+            row = {
+                "model": "(a) supervised" if r.round == 0 else f"(b) round {r.round}",
+                "train_chips": r.train_chips,
+                "kept": r.kept_chips if r.round else "-",
+                "val_heading_deg": r.val_metrics.get("val/heading_error_deg", math.nan),
+                "wall_s": r.wall_s,
+                **_held_out(r.checkpoint, heldout),
+            }
+            if r.round:
+                row["pseudo"] = _pseudo_precision(out / f"round_{r.round}", truth)
+            rows.append(row)
+        if mode == "iid":
+            checkpoint, wall_s = _ceiling(config, truth, args.out / "ceiling")
+            rows.append(
+                {
+                    "model": "(c) ceiling",
+                    "train_chips": sum(
+                        1
+                        for _ in (args.out / "ceiling" / "train_data" / "splits" / "train.txt")
+                        .read_text()
+                        .splitlines()
+                    ),
+                    "wall_s": wall_s,
+                    **_held_out(checkpoint, heldout),
+                }
+            )
+        _print_mode(mode, rows, result)
+        chosen = rows[result.best_round]
+        baseline = rows[0]
+        if mode == "iid":
+            ceiling = rows[-1]
+            for key in ("heading_median_deg", "heading_p90_deg"):
+                closed = _gap_closed(baseline[key], chosen[key], ceiling[key])
+                print(
+                    f"{key}: (a) {baseline[key]:.2f}, (b) round {result.best_round} "
+                    f"{chosen[key]:.2f}, (c) {ceiling[key]:.2f}: gap closed {closed:.0%} "
+                    f"(target >= 50%)"
+                )
+        else:
+            gain = 1.0 - chosen["heading_median_deg"] / baseline["heading_median_deg"]
+            print(
+                f"shifted held-out median heading error: (a) {baseline['heading_median_deg']:.2f}, "
+                f"(b) round {result.best_round} {chosen['heading_median_deg']:.2f}: "
+                f"{gain:.0%} better (target >= 30%)"
+            )
+        summary[mode] = {"best_round": result.best_round, "rows": rows}
+    print(f"\nTotal wall time: {(time.monotonic() - start) / 60:.1f} min")
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from wakemodel.cli import main
+from wakemodel.data import WakeDataset, scan_dataset
+from wakemodel.errors import InputError
+from wakemodel.evaluate import evaluate
+from wakemodel.selftrain import (
+    ROUND_FILE,
+    Reward,
+    SelfTrainConfig,
+    agreement,
+    pseudo_label,
+    selftrain,
+    write_pseudo_dataset,
+)
+from wakemodel.synthetic import generate_dataset, render_chip
+from wakemodel.train import TrainConfig
+from wakemodel.tta import predict_views
+
+SIZE = 64
+"""Side of the hand-drawn network inputs."""
+
+PRIOR = np.array([[0.2, 0.3], [0.8, 0.7], [0.7, 0.9]])
+"""The fixed guess of the fake reader where nothing stands out, in the view's own frame."""
+
+
+class _ClearWakeReader:
+    """A fake model: reads a hand-drawn wake exactly, guesses a fixed answer on noise.
+
+    Where one pixel stands out it returns that pixel as the vertex and the
+    farthest line pixel as both wake ends: a reading that follows the chip under
+    any flip or rotation, so the 8 views agree. Elsewhere (noise) it returns
+    :data:`PRIOR` in the view's own frame, as a model falls back on its prior,
+    so the views disagree.
+    """
+
+    image_size = SIZE
+
+    def __init__(self, wake_score: float = 0.9) -> None:
+        self.wake_score = wake_score
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keypoints = np.empty((len(images), 3, 2))
+        for i, image in enumerate(images[:, 0]):
+            if image.max() - np.percentile(image, 99) > 0.25:
+                row, col = np.unravel_index(int(image.argmax()), image.shape)
+                rows, cols = np.nonzero((image > 0.5) & (image < 0.95))
+                far = int(np.argmax((cols - col) ** 2 + (rows - row) ** 2))
+                vertex, end = (col + 0.5, row + 0.5), (cols[far] + 0.5, rows[far] + 0.5)
+                keypoints[i] = np.array([vertex, end, end]) / SIZE
+            else:
+                keypoints[i] = PRIOR
+        return keypoints, np.full((len(images), 3), self.wake_score)
+
+
+def _wake_and_noise() -> np.ndarray:
+    """float32 [2, 1, S, S]: a clean drawn wake (vertex at pixel (20, 40)) and pure noise."""
+    clean = np.full((SIZE, SIZE), 0.2, dtype=np.float32)
+    for t in np.linspace(0.0, 1.0, 80):
+        clean[round(40 - 28 * t), round(20 + 32 * t)] = 0.7
+    clean[40, 20] = 1.0
+    noise = np.random.default_rng(0).normal(0.5, 0.05, (SIZE, SIZE)).astype(np.float32)
+    return np.stack([clean, noise])[:, None]
+
+
+def test_reward_keeps_a_clean_wake_and_rejects_noise_whose_views_disagree() -> None:
+    images = _wake_and_noise()
+    keypoints, visibility, spread = predict_views(_ClearWakeReader(), images)
+    assert keypoints.shape == (8, 2, 3, 2) and visibility.shape == (8, 2, 3)
+    assert np.isnan(spread).all()  # the reader gives no keypoint std
+    sizes = np.array([[320.0, 320.0], [320.0, 320.0]])
+    clean, noise = agreement(keypoints, visibility, sizes, [Path("a.png"), Path("b.png")], Reward())
+    assert clean.kept and not noise.kept
+    # The clean chip's views map back onto one reading: the vertex pixel's centre.
+    assert clean.vertex_spread_px < 1e-6 and clean.heading_spread_deg < 1e-6
+    np.testing.assert_allclose(clean.keypoints_px[0], np.array([20.5, 40.5]) * 320 / SIZE)
+    assert noise.vertex_spread > 0.1 and noise.heading_spread_deg > 30.0
+
+
+def test_reward_rejects_agreeing_views_with_a_low_wake_score() -> None:
+    images = _wake_and_noise()[:1]
+    keypoints, visibility, _ = predict_views(_ClearWakeReader(wake_score=0.2), images)
+    (chip,) = agreement(keypoints, visibility, np.array([[64.0, 64.0]]), [Path("a.png")], Reward())
+    assert chip.heading_spread_deg < 1e-6 and chip.wake_score == pytest.approx(0.2)
+    assert not chip.kept
+    assert agreement(
+        keypoints, visibility, np.array([[64.0, 64.0]]), [Path("a.png")], Reward(min_wake_score=0.1)
+    )[0].kept
+
+
+class _ConstantReader:
+    """A fake model: the same keypoints in every view's frame; wake score 0.9 unless the
+    input is flat (0.1)."""
+
+    image_size = 32
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keypoints = np.broadcast_to([[0.3, 0.6], [0.9, 0.2], [0.7, 0.95]], (len(images), 3, 2))
+        flat = images.reshape(len(images), -1).std(axis=1) < 0.01
+        return keypoints, np.where(flat[:, None], 0.1, 0.9) * np.ones((1, 3))
+
+
+def test_pseudo_labels_round_trip_through_the_dataset_loader(tmp_path: Path) -> None:
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (64, 96), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 255, (120, 80), dtype=np.uint8)).save(folder / "b.tif")
+    Image.fromarray(np.full((50, 70), 90, dtype=np.uint8)).save(folder / "flat.png")
+    paths = sorted(folder.iterdir())
+    chips = pseudo_label(_ConstantReader(), paths, Reward(1.0, 180.0, 0.5))
+    assert [(c.source.name, c.kept) for c in chips] == [
+        ("a.png", True),
+        ("b.tif", True),
+        ("flat.png", False),
+    ]
+    write_pseudo_dataset(chips, tmp_path / "pseudo")
+
+    records = scan_dataset(tmp_path / "pseudo")
+    assert [r.image_path.name for r in records] == ["a.png", "b.tif"]
+    dataset = WakeDataset(records, image_size=32)
+    for row, (record, chip) in enumerate(zip(records, chips[:2], strict=True)):
+        assert (record.width, record.height) == (chip.width, chip.height)
+        assert record.image_path.read_bytes() == chip.source.read_bytes()
+        np.testing.assert_array_equal(record.visible, chip.visible)
+        np.testing.assert_allclose(
+            record.keypoints_px[record.visible], chip.keypoints_px[chip.visible], atol=0.006
+        )
+        expected = chip.keypoints_px / [chip.width, chip.height]
+        np.testing.assert_allclose(
+            dataset.keypoints[row][chip.visible], expected[chip.visible], atol=1e-4
+        )
+        stored = json.loads(record.annotation_path.read_text())["agreement"]
+        assert stored["kept"] is True
+        assert stored["heading_spread_deg"] == pytest.approx(chip.heading_spread_deg, abs=1e-3)
+
+
+def _hash_folder(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_default_style_is_byte_identical_to_the_generator_before_styles(tmp_path: Path) -> None:
+    root = generate_dataset(
+        tmp_path / "d", 6, 5, min_size=48, max_size=80, no_wake_fraction=0.5, style="default"
+    )
+    # sha256 of the same call with the generator of commit 2f0a134 (before --style).
+    assert _hash_folder(root) == "09508cdfd88188d55673f1c939dcef4c326621434b96f35fc93aac95c8d9bcb0"
+
+
+def test_shifted_style_changes_the_look_not_the_annotation() -> None:
+    default = render_chip(np.random.default_rng(3), 120, 90)
+    shifted = render_chip(np.random.default_rng(3), 120, 90, style="shifted")
+    np.testing.assert_array_equal(default.keypoints_px, shifted.keypoints_px)
+    assert not np.array_equal(default.image, shifted.image)
+    # Heavier grain: neighbouring pixels differ more.
+    grain = [np.abs(np.diff(c.image.astype(float), axis=1)).mean() for c in (default, shifted)]
+    assert grain[1] > grain[0]
+    with pytest.raises(InputError, match="unknown"):
+        render_chip(np.random.default_rng(3), 120, 90, style="real")
+
+
+def test_cli_synth_style(tmp_path: Path) -> None:
+    args = ["synth", "--count", "2", "--min-size", "40", "--max-size", "48", "--workers", "1"]
+    plain = CliRunner().invoke(main, [*args, str(tmp_path / "a")])
+    shifted = CliRunner().invoke(main, [*args, "--style", "shifted", str(tmp_path / "b")])
+    assert plain.exit_code == 0 and shifted.exit_code == 0, shifted.output
+    for name in ("synth_000000", "synth_000001"):
+        assert (tmp_path / "a" / "annotations" / f"{name}.json").read_text() == (
+            tmp_path / "b" / "annotations" / f"{name}.json"
+        ).read_text()
+        assert (tmp_path / "a" / "imgs" / f"{name}.png").read_bytes() != (
+            tmp_path / "b" / "imgs" / f"{name}.png"
+        ).read_bytes()
+
+
+@pytest.mark.parametrize("case", ["no labelled folder", "no unlabelled folder", "no images"])
+def test_cli_bad_folders_are_one_line_errors(tmp_path: Path, synthetic_dir: Path, case) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    labeled, unlabeled, message = {
+        "no labelled folder": (tmp_path / "missing", empty, "--labeled"),
+        "no unlabelled folder": (synthetic_dir, tmp_path / "missing", "--unlabeled"),
+        "no images": (synthetic_dir, empty, "No images"),
+    }[case]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["selftrain", "--labeled", str(labeled), "--unlabeled", str(unlabeled), "--out", str(out)],
+    )
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and message in line
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def _images_only(dataset: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for image in (dataset / "imgs").iterdir():
+        (folder / image.name).write_bytes(image.read_bytes())
+    return folder
+
+
+def _tiny_train(**overrides) -> TrainConfig:
+    settings = {
+        "epochs": 1,
+        "batch_size": 8,
+        "image_size": 32,
+        "accelerator": "cpu",
+        "workers": 0,
+        "pretrained": False,
+        "progress_bar": False,
+        "logger": "none",
+        "warmup_epochs": 0,
+    }
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_rerun_skips_finished_rounds_and_refuses_other_settings(
+    tmp_path: Path, synthetic_dir: Path, make_synthetic_dir
+) -> None:
+    unlabeled = _images_only(make_synthetic_dir(count=8, seed=9), tmp_path / "unlabeled")
+    config = SelfTrainConfig(
+        synthetic_dir, unlabeled, tmp_path / "out", rounds=1, train=_tiny_train()
+    )
+    first = selftrain(config)
+    assert [r.round for r in first.rounds] == [0, 1] and not any(r.resumed for r in first.rounds)
+    assert first.rounds[1].unlabeled_chips == 8
+    assert (tmp_path / "out" / "round_1" / "agreement.json").is_file()
+    assert scan_dataset(tmp_path / "out" / "round_1" / "train_data")  # links resolve
+    stamps = {r.round: r.checkpoint.stat().st_mtime_ns for r in first.rounds}
+
+    again = selftrain(config)
+    assert all(r.resumed for r in again.rounds)
+    assert [r.checkpoint for r in again.rounds] == [r.checkpoint for r in first.rounds]
+    assert {r.round: r.checkpoint.stat().st_mtime_ns for r in again.rounds} == stamps
+
+    (tmp_path / "out" / "round_1" / ROUND_FILE).unlink()  # an unfinished round is redone
+    redone = selftrain(config)
+    assert redone.rounds[0].resumed and not redone.rounds[1].resumed
+
+    other = SelfTrainConfig(
+        synthetic_dir,
+        unlabeled,
+        tmp_path / "out",
+        rounds=1,
+        train=_tiny_train(),
+        reward=Reward(max_heading_spread_deg=30.0),
+    )
+    with pytest.raises(InputError, match="other settings \\(reward\\)"):
+        selftrain(other)
+
+
+def _easy_dataset(root: Path, count: int, seed: int) -> Path:
+    """``count`` easy 64 px chips: a bright vessel and two bright arms on a dim, grainy sea."""
+    rng = np.random.default_rng(seed)
+    (root / "imgs").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for index in range(count):
+        image = rng.integers(30, 60, (64, 64)).astype(np.uint8)
+        vertex = rng.uniform(18.0, 46.0, 2)
+        course = np.radians(rng.uniform(0.0, 360.0))
+        points = [vertex]
+        for side in (-1.0, 1.0):
+            angle = course + np.pi + side * np.radians(20.0)
+            direction = np.array([np.sin(angle), -np.cos(angle)])
+            end = np.clip(vertex + rng.uniform(16.0, 22.0) * direction, 1.0, 63.0)
+            for t in np.linspace(0.0, 1.0, 60):
+                x, y = (vertex + t * (end - vertex)).astype(int)
+                image[y, x] = 190
+            points.append(end)
+        x, y = vertex.astype(int)
+        image[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] = 255
+        Image.fromarray(image).save(root / "imgs" / f"easy_{index:04d}.png")
+        tooltips = [{"x": round(float(px), 2), "y": round(float(py), 2)} for px, py in points]
+        (root / "annotations" / f"easy_{index:04d}.json").write_text(
+            json.dumps({"tooltips": tooltips})
+        )
+    return root
+
+
+@pytest.mark.slow
+def test_two_rounds_improve_on_round_0_on_an_easy_set(tmp_path: Path) -> None:
+    labeled = _easy_dataset(tmp_path / "labeled", 16, 1)
+    truth = _easy_dataset(tmp_path / "truth", 40, 2)
+    heldout = _easy_dataset(tmp_path / "heldout", 40, 3)
+    unlabeled = _images_only(truth, tmp_path / "unlabeled")
+    config = SelfTrainConfig(
+        labeled,
+        unlabeled,
+        tmp_path / "out",
+        rounds=2,
+        train=_tiny_train(epochs=25, batch_size=4, lr=3e-3, deterministic=True, seed=1),
+        reward=Reward(max_vertex_spread=0.05, max_heading_spread_deg=15.0),
+    )
+    result = selftrain(config)
+    assert all(r.kept_chips > 0 for r in result.rounds[1:])
+    heading = [
+        np.nanmedian(evaluate(r.checkpoint, heldout, accelerator="cpu").errors["heading_error_deg"])
+        for r in result.rounds
+    ]
+    assert min(heading[1:]) < heading[0], heading
