@@ -15,8 +15,11 @@ per run, measuring its wall time and peak RSS:
 Side by side it prints the detector's recall and false alarms against the truth
 (a candidate within ``--match-m`` of a vessel), the heading error of the scanned
 vessels against the truth (median, p90, share over 90 degrees; vessels with a
-readable wake), and the same model's chip-level heading error on held-out
-synthetic chips (``cli.py evaluate``), which the scanned errors should match.
+readable wake), how far its predicted uncertainty can be trusted (Spearman of
+``heading_std_deg`` against the error, coverage of the 90% intervals, p90 of the
+80% most confident; :func:`wakemodel.calibration.heading_calibration`), and the
+same for the same model on held-out synthetic chips (``cli.py evaluate``), which
+the scanned errors should match.
 
 Usage (from the repository root; a .ckpt is exported to ONNX first)::
 
@@ -36,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from wakemodel.calibration import heading_calibration
 from wakemodel.evaluate import evaluate
 from wakemodel.keypoints import angle_difference_deg
 
@@ -132,11 +136,12 @@ def _scan_errors(
     vessels: list[dict[str, Any]], truth: list[dict[str, float]], radius_px: float
 ) -> dict[str, Any]:
     matched = _match(vessels, truth, radius_px)
+    found = [(i, t) for i, t in matched.items() if vessels[i]["wake_found"]]
     errors = [
-        float(angle_difference_deg(vessels[i]["heading_deg"], truth[t]["heading_deg"]))
-        for i, t in matched.items()
-        if vessels[i]["wake_found"]
+        abs(float(angle_difference_deg(vessels[i]["heading_deg"], truth[t]["heading_deg"])))
+        for i, t in found
     ]
+    stds = [vessels[i]["heading_std_deg"] for i, _ in found]
     unmatched = [vessel for i, vessel in enumerate(vessels) if i not in matched]
     return {
         "recall": len(matched) / len(truth),
@@ -144,6 +149,7 @@ def _scan_errors(
         "false_alarms_with_wake": sum(vessel["wake_found"] for vessel in unmatched),
         "wake_found": sum(vessels[i]["wake_found"] for i in matched) / len(truth),
         "heading": _heading_stats(errors),
+        "calibration": heading_calibration(errors, stds),
     }
 
 
@@ -208,6 +214,7 @@ def main() -> None:
     errors = report.errors["heading_error_deg"]
     found = np.array([prediction.wake_found for prediction in report.predictions])
     chip_stats = _heading_stats([e for e, f in zip(errors, found, strict=True) if f])
+    chip_calibration = heading_calibration(errors[found], report.heading_std_deg[found])
     names = list(rows)
     print(f"\nScene {scene.name}: {args.size} px, {len(truth)} wakes; model {model.name}")
     header = f"{'':<32}" + "".join(f"{name:>18}" for name in [*names, "chips"])
@@ -239,6 +246,16 @@ def main() -> None:
     ):
         line(
             label, [fmt.format(rows[n]["heading"][key]) for n in names], fmt.format(chip_stats[key])
+        )
+    for key, label, fmt in (
+        ("spearman", "Spearman (std vs error)", "{:.2f}"),
+        ("interval_coverage", "90% interval coverage", "{:.2f}"),
+        ("p90_error_confident_deg", "p90, 80% most confident (deg)", "{:.1f}"),
+    ):
+        line(
+            label,
+            [fmt.format(rows[n]["calibration"][key]) for n in names],
+            fmt.format(chip_calibration[key]),
         )
 
 
