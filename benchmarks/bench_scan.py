@@ -5,12 +5,15 @@ Writes (once, then reuses) a full synthetic Sentinel-2 scene with ``cli.py synth
 pixels and a nodata corner) and scans it with ``cli.py scan`` in a fresh process
 per run, measuring its wall time and peak RSS:
 
-- ``detector``: the vessels come from the built-in CFAR detector (two looks);
+- ``detector``: the vessels come from the built-in CFAR detector, with the
+  defaults (two looks, each averaged over the 8 flips/rotations: ``--tta``);
+- ``detector, no TTA``: the same with ``--no-tta``;
 - ``truth, one look``: the vessels come from the truth CSV (``--vessels``), which
-  isolates the model from the detector, with one window centred on each vessel
-  (``--no-second-look``: the way before the second look);
-- ``truth, two looks``: the same with the default second look, a window centred
-  on the wake found by the first.
+  isolates the model from the detector, one window centred on each vessel and no
+  TTA (``--no-second-look --no-tta``: the first way);
+- ``truth, two looks``: a second window centred on the wake the first found
+  (``--no-tta``);
+- ``truth``: the defaults (two looks, TTA).
 
 Side by side it prints the detector's recall and false alarms against the truth
 (a candidate within ``--match-m`` of a vessel), the heading error of the scanned
@@ -184,10 +187,13 @@ def main() -> None:
     truth_csv = str(scene.with_suffix(".csv"))
     for name, extra in (
         ("detector", []),
-        ("truth, one look", ["--vessels", truth_csv, "--no-second-look"]),
-        ("truth, two looks", ["--vessels", truth_csv]),
+        ("detector, no TTA", ["--no-tta"]),
+        ("truth, one look", ["--vessels", truth_csv, "--no-second-look", "--no-tta"]),
+        ("truth, two looks", ["--vessels", truth_csv, "--no-tta"]),
+        ("truth", ["--vessels", truth_csv]),
     ):
-        out = (args.work / f"scan_{name.replace(', ', '_').replace(' ', '_')}.geojson").resolve()
+        slug = "".join(c if c.isalnum() else "_" for c in name)
+        out = (args.work / f"scan_{slug}.geojson").resolve()
         command = ["cli.py", "scan", str(model), str(scene), "--out", str(out), *extra]
         seconds, peak_mb, _ = _run(command)
         vessels, collection = _vessels(out)
@@ -217,12 +223,12 @@ def main() -> None:
     chip_calibration = heading_calibration(errors[found], report.heading_std_deg[found])
     names = list(rows)
     print(f"\nScene {scene.name}: {args.size} px, {len(truth)} wakes; model {model.name}")
-    header = f"{'':<32}" + "".join(f"{name:>18}" for name in [*names, "chips"])
+    header = f"{'':<32}" + "".join(f"{name:>17}" for name in [*names, "chips"])
     print(header)
     print("-" * len(header))
 
     def line(label: str, values: list[str], chip: str = "") -> None:
-        print(f"{label:<32}" + "".join(f"{value:>18}" for value in [*values, chip]))
+        print(f"{label:<32}" + "".join(f"{value:>17}" for value in [*values, chip]))
 
     def each(key: str, fmt: str) -> list[str]:
         return [fmt.format(rows[name][key]) for name in names]

@@ -175,7 +175,13 @@ def test_scan_maps_window_answers_back_to_the_earth(
         [["Alpha", truth[0].lat + 0.05, truth[0].lon], ["Bravo", 50.0, 1.0]],
     )
     result = scan(
-        oracle, path, vessels=positions, chip_m=chip_m, second_look=False, platforms=platforms
+        oracle,
+        path,
+        vessels=positions,
+        chip_m=chip_m,
+        second_look=False,
+        tta=False,
+        platforms=platforms,
     )
     assert result.window_px == side
     assert [vessel.position.id for vessel in result.vessels] == [wake.id for wake in truth]
@@ -217,7 +223,7 @@ def test_edge_window_is_padded_and_outside_vessel_skipped(
         VesselPosition("edge", SCENE_PX - 2.0, SCENE_PX / 2, "csv"),
         VesselPosition("outside", SCENE_PX + 50.0, 10.0, "csv"),
     ]
-    result = scan(oracle, path, vessels=positions, chip_m=chip_m, second_look=False)
+    result = scan(oracle, path, vessels=positions, chip_m=chip_m, second_look=False, tta=False)
     assert [vessel.position.id for vessel in result.vessels] == ["edge"]
     assert [(pos.id, reason) for pos, reason in result.skipped] == [
         ("outside", "outside the scene")
@@ -256,21 +262,26 @@ def test_second_look_centres_the_window_on_the_wake(
     path, _ = scene
     side, chip_m = _window_side(path)
     x, y = 500.0, 400.0
-    result = scan(FixedPredictor(), path, vessels=[VesselPosition("v", x, y, "csv")], chip_m=chip_m)
+    result = scan(
+        FixedPredictor(), path, vessels=[VesselPosition("v", x, y, "csv")], chip_m=chip_m, tta=False
+    )
     (vessel,) = result.vessels
     # First look: vertex at (x, y), far end 0.4 side below; the second window is centred midway.
     centre_y = y + 0.2 * side
     assert vessel.window == (math.floor(x - side / 2), math.floor(centre_y - side / 2), side)
     np.testing.assert_allclose(vessel.keypoints_px[0], [x, centre_y], atol=1.0)
     assert vessel.location.heading_true_deg == pytest.approx(0.0, abs=3.0)
+    one_look = FixedPredictor()
     result = scan(
-        FixedPredictor(),
+        one_look,
         path,
         vessels=[VesselPosition("v", x, y, "csv")],
         chip_m=chip_m,
         second_look=False,
     )
     assert result.vessels[0].window[1] == math.floor(y - side / 2)
+    # By default every look is averaged over the 8 flips/rotations: one network call each.
+    assert one_look.calls == 8
 
 
 def test_detector_finds_every_vessel_and_little_else(
