@@ -1,8 +1,9 @@
-"""Atomic file output: nothing half-written is ever left at the final path."""
+"""File output: atomic writes (nothing half-written at the final path) and JSON numbers."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -43,3 +44,11 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def json_float(value: float, digits: int | None = None) -> float | None:
+    """A plain float for JSON, rounded to ``digits`` when given; NaN and inf become None."""
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    return value if digits is None else round(value, digits)

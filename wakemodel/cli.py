@@ -998,7 +998,9 @@ def scan_command(
     bars: dict[str, _ChipProgress] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        bar = bars.setdefault(stage, _ChipProgress(min_chips=1, label=stages[stage]))
+        if stage not in bars:
+            bars[stage] = _ChipProgress(min_chips=1, label=stages[stage])
+        bar = bars[stage]
         bar(done, total)
         if done >= total:
             bar.close()

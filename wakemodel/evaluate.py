@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wakemodel import calibration
+from wakemodel._io import json_float
 from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
 from wakemodel.infer import KeypointPredictor, Prediction, ProgressCallback, predict
 from wakemodel.metrics import DEFAULT_GSD_M
@@ -113,10 +114,10 @@ class EvaluationReport:
                 {
                     "name": name,
                     "has_wake": bool(self.has_wake[i]),
-                    **{key: _json_number(self.errors[key][i]) for key in METRIC_NAMES},
-                    "heading_std_deg": _json_number(self.predictions[i].heading_std_deg),
-                    "vertex_std_px": _json_number(self.predictions[i].vertex_std_px),
-                    "wake_score": _json_number(self.predictions[i].wake_score),
+                    **{key: json_float(self.errors[key][i]) for key in METRIC_NAMES},
+                    "heading_std_deg": json_float(self.predictions[i].heading_std_deg),
+                    "vertex_std_px": json_float(self.predictions[i].vertex_std_px),
+                    "wake_score": json_float(self.predictions[i].wake_score),
                     "wake_found": bool(self.predictions[i].wake_found),
                 }
                 for i, name in enumerate(self.names)
@@ -237,18 +238,12 @@ def _format_number(value: float, as_percent: bool) -> str:
     return f"{value:.1%}" if as_percent else f"{value:.2f}"
 
 
-def _json_number(value: float) -> float | None:
-    """A plain float for JSON; NaN becomes None."""
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
 def _json_ready(value: Any) -> Any:
     """Recursively replace NaN floats by None."""
     if isinstance(value, dict):
         return {key: _json_ready(item) for key, item in value.items()}
     if isinstance(value, float):
-        return _json_number(value)
+        return json_float(value)
     return value
 
 

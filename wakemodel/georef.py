@@ -39,6 +39,7 @@ from pyproj.exceptions import CRSError
 
 from wakemodel import geo
 from wakemodel import keypoints as kp
+from wakemodel._io import json_float
 from wakemodel.errors import InputError, WakeModelError, first_line
 from wakemodel.geofiles import (
     IN_MEMORY_REASON,
@@ -546,9 +547,9 @@ class PlatformApproach:
             "lon": round(self.lon, 7),
             "distance_km": round(self.distance_km, 3),
             "bearing_deg": round(self.bearing_deg, 2),
-            "heading_to_platform_deg": _round_or_none(self.heading_to_platform_deg, 2),
-            "cpa_km": _round_or_none(self.cpa_km, 3),
-            "cpa_along_track_km": _round_or_none(self.cpa_along_track_km, 3),
+            "heading_to_platform_deg": json_float(self.heading_to_platform_deg, 2),
+            "cpa_km": json_float(self.cpa_km, 3),
+            "cpa_along_track_km": json_float(self.cpa_along_track_km, 3),
         }
 
 
@@ -597,9 +598,9 @@ class GeoLocation:
                 {"name": name, "lat": round(lat, 7), "lon": round(lon, 7)}
                 for name, lat, lon in self.far_ends
             ],
-            "heading_true_deg": _round_or_none(self.heading_true_deg, 2),
-            "heading_grid_deg": _round_or_none(self.heading_grid_deg, 2),
-            "wake_length_m": _round_or_none(self.wake_length_m, 1),
+            "heading_true_deg": json_float(self.heading_true_deg, 2),
+            "heading_grid_deg": json_float(self.heading_grid_deg, 2),
+            "wake_length_m": json_float(self.wake_length_m, 1),
             "pixel_size_m": [round(size, 3) for size in self.pixel_size_m],
         }
         if self.nearest_platforms:
@@ -639,11 +640,6 @@ def _format_lat(lat: float) -> str:
 def _format_lon(lon: float) -> str:
     """Longitude as ``4.12345°E`` (5 decimals)."""
     return f"{abs(lon):.5f}°{'E' if lon >= 0 else 'W'}"
-
-
-def _round_or_none(value: float, digits: int) -> float | None:
-    """Round ``value``; NaN becomes None (JSON has no NaN)."""
-    return None if math.isnan(value) else round(float(value), digits)
 
 
 def geolocate(

@@ -33,6 +33,7 @@ import numpy as np
 
 from wakemodel import keypoints as kp
 from wakemodel import preprocess
+from wakemodel._io import json_float
 from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
 from wakemodel.errors import InputError, WakeModelError
 from wakemodel.keypoints import KEYPOINT_NAMES
@@ -177,7 +178,7 @@ class Prediction:
                     "y": round(float(y), 3),
                     "visible": bool(visible),
                     "visibility": round(float(probability), 4),
-                    "std_px": _json_float(std_px, 2),
+                    "std_px": json_float(std_px, 2),
                 }
                 for name, (x, y), visible, probability, std_px in zip(
                     KEYPOINT_NAMES,
@@ -189,22 +190,17 @@ class Prediction:
                 )
             ],
             "wake_found": bool(self.wake_found),
-            "wake_score": _json_float(self.wake_score, 4),
-            "heading_deg": _json_float(self.heading_deg, 2),
-            "heading_std_deg": _json_float(self.heading_std_deg, 2),
-            "vertex_std_px": _json_float(self.vertex_std_px, 2),
-            "wake_length_px": _json_float(self.wake_length_px, 2),
-            "wake_length_m": _json_float(self.wake_length_m, 1),
+            "wake_score": json_float(self.wake_score, 4),
+            "heading_deg": json_float(self.heading_deg, 2),
+            "heading_std_deg": json_float(self.heading_std_deg, 2),
+            "vertex_std_px": json_float(self.vertex_std_px, 2),
+            "wake_length_px": json_float(self.wake_length_px, 2),
+            "wake_length_m": json_float(self.wake_length_m, 1),
             "gsd_m": self.gsd_m,
         }
         if self.geo is not None:
             document["geo"] = self.geo.to_dict()
         return document
-
-
-def _json_float(value: float, digits: int) -> float | None:
-    """Round ``value``; NaN becomes None (JSON has no NaN)."""
-    return None if math.isnan(value) else round(float(value), digits)
 
 
 def as_predictor(

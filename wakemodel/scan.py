@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from wakemodel import geojson
-from wakemodel._io import atomic_path, atomic_write_text
+from wakemodel._io import atomic_path, atomic_write_text, json_float
 from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE, INTERVAL_Z90
 from wakemodel.detect import CfarSettings, detect_candidates
 from wakemodel.errors import InputError, WakeModelError
@@ -148,16 +148,18 @@ class ScannedVessel:
             "input_x_px": round(self.position.x_px, 2),
             "input_y_px": round(self.position.y_px, 2),
             "wake_found": found,
-            "wake_score": _rounded(self.prediction.wake_score, 4),
-            "heading_deg": _rounded(location.heading_true_deg if found else math.nan, 2),
-            "heading_std_deg": _rounded(self.prediction.heading_std_deg if found else math.nan, 2),
-            "heading_grid_deg": _rounded(location.heading_grid_deg if found else math.nan, 2),
-            "wake_length_m": _rounded(location.wake_length_m if found else math.nan, 1),
-            "vertex_refinement_m": _rounded(self.vertex_refinement_m if found else math.nan, 1),
-            "vertex_std_m": _rounded(
+            "wake_score": json_float(self.prediction.wake_score, 4),
+            "heading_deg": json_float(location.heading_true_deg if found else math.nan, 2),
+            "heading_std_deg": json_float(
+                self.prediction.heading_std_deg if found else math.nan, 2
+            ),
+            "heading_grid_deg": json_float(location.heading_grid_deg if found else math.nan, 2),
+            "wake_length_m": json_float(location.wake_length_m if found else math.nan, 1),
+            "vertex_refinement_m": json_float(self.vertex_refinement_m if found else math.nan, 1),
+            "vertex_std_m": json_float(
                 self.prediction.vertex_std_px * pixel_m if found else math.nan, 1
             ),
-            "detector_contrast_sigma": _rounded(self.position.contrast_sigma, 2),
+            "detector_contrast_sigma": json_float(self.position.contrast_sigma, 2),
         }
         if location.nearest_platforms:
             nearest = location.nearest_platforms[0]
@@ -166,11 +168,11 @@ class ScannedVessel:
                     "platform": nearest.name,
                     "platform_id": nearest.id,
                     "platform_distance_km": round(nearest.distance_km, 3),
-                    "heading_to_platform_deg": _rounded(
+                    "heading_to_platform_deg": json_float(
                         nearest.heading_to_platform_deg if found else math.nan, 2
                     ),
-                    "cpa_km": _rounded(nearest.cpa_km if found else math.nan, 3),
-                    "cpa_along_track_km": _rounded(
+                    "cpa_km": json_float(nearest.cpa_km if found else math.nan, 3),
+                    "cpa_along_track_km": json_float(
                         nearest.cpa_along_track_km if found else math.nan, 3
                     ),
                 }
@@ -292,10 +294,6 @@ class ScanResult:
         return "\n".join(lines)
 
 
-def _rounded(value: float, digits: int) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(float(value), digits)
-
-
 def _pixel_columns(header: list[str]) -> tuple[int, int] | None:
     """Indices of the ``x`` and ``y`` columns in a lower-cased header, if both are there."""
     if "x" in header and "y" in header:
@@ -401,11 +399,6 @@ def _fill(window: np.ndarray) -> np.ndarray | None:
     if not valid.all():
         window = np.where(valid, window, np.float32(np.median(window[valid])))
     return window
-
-
-def _chunks(items: Sequence[VesselPosition], size: int) -> Iterator[Sequence[VesselPosition]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _resolve_extent(predictor: KeypointPredictor, chip_m: float | None) -> tuple[float, str]:
@@ -516,7 +509,8 @@ def scan(
             "tta": tta,
             "min_wake_score": min_wake_score,
         }
-        for chunk in _chunks(inside, _CHUNK_WINDOWS):
+        for start in range(0, len(inside), _CHUNK_WINDOWS):
+            chunk = inside[start : start + _CHUNK_WINDOWS]
             result.vessels.extend(
                 _scan_chunk(
                     predictor,

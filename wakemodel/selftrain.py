@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wakemodel import keypoints as kp
-from wakemodel._io import atomic_write_text
+from wakemodel._io import atomic_write_text, json_float
 from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
 from wakemodel.config import TrainConfig, config_to_dict
 from wakemodel.errors import InputError, WakeModelError
@@ -213,11 +213,11 @@ class ChipAgreement:
             "source": str(self.source),
             "kept": bool(self.kept),
             "vertex_px": [round(float(v), 2) for v in self.keypoints_px[kp.VERTEX_SLOT]],
-            "wake_score": _rounded(self.wake_score, 4),
-            "vertex_spread_px": _rounded(self.vertex_spread_px, 3),
-            "vertex_spread": _rounded(self.vertex_spread, 5),
-            "heading_deg": _rounded(self.heading_deg, 2),
-            "heading_spread_deg": _rounded(self.heading_spread_deg, 3),
+            "wake_score": json_float(self.wake_score, 4),
+            "vertex_spread_px": json_float(self.vertex_spread_px, 3),
+            "vertex_spread": json_float(self.vertex_spread, 5),
+            "heading_deg": json_float(self.heading_deg, 2),
+            "heading_spread_deg": json_float(self.heading_spread_deg, 3),
         }
 
     def annotation(self) -> dict[str, Any]:
@@ -271,9 +271,9 @@ class RoundResult:
         values.pop("resumed")
         values["checkpoint"] = str(self.checkpoint)
         values["pseudo_dir"] = None if self.pseudo_dir is None else str(self.pseudo_dir)
-        values["val_metrics"] = {k: _rounded(v, 6) for k, v in self.val_metrics.items()}
-        values["agreement"] = {k: _rounded(v, 6) for k, v in self.agreement.items()}
-        values["wall_s"] = _rounded(self.wall_s, 1)
+        values["val_metrics"] = {k: json_float(v, 6) for k, v in self.val_metrics.items()}
+        values["agreement"] = {k: json_float(v, 6) for k, v in self.agreement.items()}
+        values["wall_s"] = json_float(self.wall_s, 1)
         return values
 
     @classmethod
@@ -313,10 +313,6 @@ class SelfTrainResult:
     def best_checkpoint(self) -> Path:
         """The best round's checkpoint."""
         return self.rounds[self.best_round].checkpoint
-
-
-def _rounded(value: float, digits: int) -> float | None:
-    return None if value is None or math.isnan(value) else round(float(value), digits)
 
 
 def _float(value: Any) -> float:
