@@ -1,23 +1,26 @@
 """Model quality within a training-time budget: today's recipe against the new one.
 
-Both recipes train from random weights on the same synthetic chips (``--train-seed``,
-600 chips) with the same seed and the same wall-clock budget on the CPU, and are
+Every recipe trains from random weights on the same synthetic chips (``--train-seed``,
+600 chips) with the same seed and the same wall-clock budget on the CPU, and is
 evaluated on held-out chips of another seed (``--eval-seed``, 200 chips) that no
-run ever trained on:
+run ever trained on. The recipes (:data:`RECIPES`) are ``train --max-time`` with:
 
-- ``cut``: ``train --max-time`` as before: the schedule is planned for ``--epochs``
-  and Lightning stops the run when the time is up, wherever the learning rate is.
-- ``fitted``: ``train --max-time`` with the schedule fitted to the budget
-  (:class:`wakemodel.budget.TimeBudget`): the epochs that fit, annealed at the end.
-- ``fitted+axis`` (``--recipes``): ``fitted`` plus the wake-axis loss
-  (``--heading-weight 0.1``, :func:`wakemodel.losses.wake_axis_loss`).
+- ``cut``: the schedule planned for ``--epochs`` and cut by Lightning wherever the
+  learning rate is when the time is up (the first way);
+- ``fitted``: the schedule fitted to the budget (:class:`wakemodel.budget.TimeBudget`),
+  visibility from pooled features only, no weight averaging (the recipe before
+  issue 11's second part);
+- ``new``: today's defaults of ``train``;
+- ablations of ``new``, one change each: ``new-ema`` (no weight averaging),
+  ``new-kpvis`` (no per-keypoint visibility), ``new-copy`` (the second end slot of
+  one-end chips untrained), ``new+axis`` (the wake-axis loss on).
 
 For each budget (``--minutes``, default 5 10 15) and recipe it prints the heading
 error's median, mean and p90 (degrees), the share of chips more than 90 degrees
 off, the median vertex error as a fraction of the wake length, and the epochs
 run. The best checkpoint by validation (what ``train`` reports) is evaluated.
 
-Usage (from the repository root; about 2 x the sum of the budgets)::
+Usage (from the repository root; about the sum of the budgets times the recipes)::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_quality.py --minutes 5 10 15
 """
@@ -38,15 +41,25 @@ from wakemodel.evaluate import evaluate
 from wakemodel.synthetic import generate_dataset
 from wakemodel.train import TrainConfig, train
 
-RECIPES = ("cut", "fitted", "fitted+axis")
-AXIS_WEIGHT = 0.1
-"""``heading_weight`` of the ``fitted+axis`` recipe."""
+BEFORE = {"ema_decay": 0.0, "keypoint_visibility": False, "copy_single_end": False}
+"""The model settings before issue 11's second part."""
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "cut": {"fit_schedule_to_time": False, **BEFORE},
+    "fitted": BEFORE,
+    "new": {},
+    "new-ema": {"ema_decay": 0.0},
+    "new-kpvis": {"keypoint_visibility": False},
+    "new-copy": {"copy_single_end": False},
+    "new+axis": {"heading_weight": 0.1},
+}
+"""``TrainConfig`` settings of each recipe on top of today's defaults."""
 
 
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0, 15.0])
-    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES[:2]))
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["fitted", "new"])
     parser.add_argument("--train-count", type=int, default=600)
     parser.add_argument("--eval-count", type=int, default=200)
     parser.add_argument("--train-seed", type=int, default=0)
@@ -83,8 +96,7 @@ def _run(recipe: str, minutes: float, train_dir: Path, eval_dir: Path, seed: int
                 progress_bar=False,
                 run_dir=Path(folder),
                 run_name=recipe,
-                fit_schedule_to_time=recipe != "cut",
-                heading_weight=AXIS_WEIGHT if recipe == "fitted+axis" else 0.0,
+                **RECIPES[recipe],
             )
         )
         wall_s = time.monotonic() - start
@@ -118,14 +130,14 @@ def main() -> None:
         for recipe in args.recipes
     ]
     header = (
-        f"{'recipe':<8}{'budget':>8}{'wall':>8}{'epochs':>8}{'best':>6}"
+        f"{'recipe':<10}{'budget':>8}{'wall':>8}{'epochs':>8}{'best':>6}"
         f"{'heading median':>16}{'mean':>8}{'p90':>8}{'> 90°':>8}{'vertex/len':>12}"
     )
     print(f"{len(rows)} runs; train {train_dir}, held out {eval_dir} ({args.eval_count} chips)")
     print(header)
     for row in rows:
         print(
-            f"{row['recipe']:<8}{row['minutes']:>7g}m{row['wall_s'] / 60:>7.1f}m"
+            f"{row['recipe']:<10}{row['minutes']:>7g}m{row['wall_s'] / 60:>7.1f}m"
             f"{row['epochs']:>8}{row['best_epoch']!s:>6}{row['heading_median_deg']:>15.2f}°"
             f"{row['heading_mean_deg']:>7.1f}°{row['heading_p90_deg']:>7.1f}°"
             f"{row['share_over_90_deg']:>8.1%}{row['vertex_frac_median']:>12.1%}"

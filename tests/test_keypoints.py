@@ -165,3 +165,31 @@ def test_heading_std_numpy_equals_torch() -> None:
     np.testing.assert_allclose(
         kp.keypoint_radius_px(spread), np.sqrt((spread**2).mean(-1)), rtol=1e-12
     )
+
+
+def test_copy_single_end_fills_the_second_slot_of_one_end_chips() -> None:
+    nan = float("nan")
+    keypoints = np.array(
+        [
+            [[1.0, 1.0], [5.0, 6.0], [nan, nan]],  # one Kelvin arm, in slot 1
+            [[1.0, 1.0], [nan, 0.0], [7.0, 8.0]],  # one end, in slot 2
+            [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]],  # both arms
+            [[nan, nan], [nan, nan], [nan, nan]],  # no wake
+        ]
+    )
+    visible = np.array([[1, 1, 0], [1, 0, 1], [1, 1, 1], [0, 0, 0]], dtype=bool)
+    filled, positioned = kp.copy_single_end(keypoints, visible)
+    np.testing.assert_array_equal(filled[0, 1:], [[5.0, 6.0], [5.0, 6.0]])
+    np.testing.assert_array_equal(filled[1, 1:], [[7.0, 8.0], [7.0, 8.0]])
+    np.testing.assert_array_equal(filled[2], keypoints[2])
+    assert np.isnan(filled[3]).all()
+    np.testing.assert_array_equal(positioned, [[1, 1, 1], [1, 1, 1], [1, 1, 1], [0, 0, 0]])
+    # The heading is that of the one end, whichever end slots are called visible.
+    for mask in ([True, True, True], [True, True, False], [True, False, True]):
+        headings = kp.heading_deg(filled[:2], np.array([mask, mask]))
+        np.testing.assert_allclose(headings, kp.heading_deg(keypoints[:2], visible[:2]))
+    torch_filled, torch_positioned = kp.copy_single_end(
+        torch.from_numpy(keypoints), torch.from_numpy(visible)
+    )
+    np.testing.assert_array_equal(torch_filled.numpy(), filled)
+    np.testing.assert_array_equal(torch_positioned.numpy(), positioned)

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from wakemodel.keypoints import copy_single_end
 from wakemodel.losses import heatmap_loss, keypoint_loss, match_arm_order, permute_slots
 
 ARM_A = (0.2, 0.8)
@@ -148,3 +149,30 @@ def test_wake_axis_loss_ignores_undefined_axes_and_invisible_garbage() -> None:
     loss.backward()
     assert torch.isfinite(pred.grad).all()
     assert torch.all(pred.grad[1] == 0)
+
+
+def test_single_end_copied_trains_both_positions_but_not_the_visibility() -> None:
+    target = _keypoints(VERTEX, ARM_A, (math.nan, math.nan))
+    visible = torch.tensor([[True, True, False]])
+    filled, positioned = copy_single_end(target, visible)
+    logits = _logits([True, True, False])
+    on_end = _keypoints(VERTEX, ARM_A, ARM_A)
+    astray = _keypoints(VERTEX, ARM_A, ARM_B)
+    # Without the copy the second slot's position is free; with it, it is pulled onto the end.
+    assert torch.equal(
+        keypoint_loss(on_end, logits, target, visible),
+        keypoint_loss(astray, logits, target, visible),
+    )
+    copied = keypoint_loss(on_end, logits, filled, visible, position_visible=positioned)
+    assert keypoint_loss(astray, logits, filled, visible, position_visible=positioned) > copied
+    # The second slot is still taught to be invisible, in either slot order.
+    wrong_visibility = _logits([True, True, True])
+    assert (
+        keypoint_loss(on_end, wrong_visibility, filled, visible, position_visible=positioned)
+        > copied + 0.01
+    )
+    swapped_visibility = _logits([True, False, True])
+    assert torch.allclose(
+        keypoint_loss(on_end, swapped_visibility, filled, visible, position_visible=positioned),
+        copied,
+    )

@@ -505,13 +505,19 @@ def _click_type(spec: Any, hint: Any) -> Any:
     if choices is not None:
         return click.Choice(list(choices))
     kinds = union_members(hint)
-    low, low_open = spec.metadata.get("min"), bool(spec.metadata.get("min_open"))
+    bounds = {
+        "min": spec.metadata.get("min"),
+        "min_open": bool(spec.metadata.get("min_open")),
+        "max": spec.metadata.get("max"),
+        "max_open": bool(spec.metadata.get("max_open")),
+    }
+    bounded = bounds["min"] is not None or bounds["max"] is not None
     if Path in kinds:
         return click.Path(path_type=Path)
     if int in kinds:
-        return int if low is None else click.IntRange(min=int(low), min_open=low_open)
+        return click.IntRange(**bounds) if bounded else int
     if float in kinds:
-        return float if low is None else click.FloatRange(min=low, min_open=low_open)
+        return click.FloatRange(**bounds) if bounded else float
     return str
 
 

@@ -18,6 +18,7 @@ import functools
 import math
 import os
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,12 @@ class ModelDefaults:
         wake_weight: Weight of the wake-score loss (BCE of the vertex visibility
             against "the chip holds a wake"); it matters on data with chips
             without a wake.
+        ema_decay: Decay of the exponential moving average of the weights that
+            is validated and checkpointed; 0 turns it off.
+        keypoint_visibility: Visibility logits also read at each keypoint's
+            heatmap (see :class:`wakemodel.network.EfficientNetB0KeypointDetector`).
+        copy_single_end: Train both end slots onto the one visible end of a chip
+            (see :func:`wakemodel.keypoints.copy_single_end`).
     """
 
     image_size: int = 224
@@ -61,6 +68,9 @@ class ModelDefaults:
     dropout: float = 0.2
     heading_weight: float = 0.0
     wake_weight: float = 0.5
+    ema_decay: float = 0.99
+    keypoint_visibility: bool = True
+    copy_single_end: bool = True
 
 
 MODEL_DEFAULTS = ModelDefaults()
@@ -81,6 +91,8 @@ def _cli(
     choices: tuple[str, ...] | None = None,
     min: float | None = None,
     min_open: bool = False,
+    max: float | None = None,
+    max_open: bool = False,
     negatable: bool = False,
     flag: bool = False,
     default_text: str | None = None,
@@ -94,6 +106,8 @@ def _cli(
         choices: Allowed values.
         min: Smallest allowed value (numbers).
         min_open: ``min`` itself is not allowed.
+        max: Largest allowed value (numbers).
+        max_open: ``max`` itself is not allowed.
         negatable: A boolean given as ``--x/--no-x`` (else a plain ``--x`` flag).
         flag: A plain on/off flag although the type allows more (``fast_dev_run``).
         default_text: What ``--help`` shows as the default instead of the value.
@@ -105,6 +119,8 @@ def _cli(
         "choices": choices,
         "min": min,
         "min_open": min_open,
+        "max": max,
+        "max_open": max_open,
         "negatable": negatable,
         "flag": flag,
         "default_text": default_text,
@@ -164,6 +180,32 @@ class TrainConfig:
             "Weight of the wake-score loss (BCE of 'the chip holds a readable wake'; "
             "learned from chips annotated with an empty tooltips list).",
             min=0,
+        ),
+    )
+    ema_decay: float = field(
+        default=MODEL_DEFAULTS.ema_decay,
+        metadata=_cli(
+            "Decay of the exponential moving average of the weights that is validated and "
+            "saved (0: off; 0.99 averages about the last 100 steps).",
+            min=0,
+            max=1,
+            max_open=True,
+        ),
+    )
+    keypoint_visibility: bool = field(
+        default=MODEL_DEFAULTS.keypoint_visibility,
+        metadata=_cli(
+            "Also read each keypoint's visibility at its heatmap (False: from globally "
+            "pooled features only, as before).",
+            cli=False,
+        ),
+    )
+    copy_single_end: bool = field(
+        default=MODEL_DEFAULTS.copy_single_end,
+        metadata=_cli(
+            "On chips with one visible wake end, train both end slots onto it (False: the "
+            "second slot's position is not trained, as before).",
+            cli=False,
         ),
     )
     gradient_clip_val: float | None = field(
@@ -408,16 +450,21 @@ def _check_value(spec: dataclasses.Field[Any], hint: Any, value: Any, source: st
         raise InputError(f"{source} {value!r}: expected {_kind_names(kinds)}.")
     if choices is not None and converted not in choices:
         raise InputError(f"{source} {value!r}: choose one of {', '.join(choices)}.")
-    low = spec.metadata.get("min")
-    open_low = bool(spec.metadata.get("min_open"))
-    if (
-        low is not None
-        and isinstance(converted, (int, float))
-        and (converted < low or (open_low and converted == low))
-    ):
+    if isinstance(converted, (int, float)):
+        _check_range(converted, spec.metadata, source, value)
+    return converted
+
+
+def _check_range(number: float, metadata: Mapping[str, Any], source: str, value: Any) -> None:
+    """Raise :class:`InputError` when ``number`` is outside the field's ``min``/``max``."""
+    low, open_low = metadata.get("min"), bool(metadata.get("min_open"))
+    if low is not None and (number < low or (open_low and number == low)):
         bound = f"more than {low:g}" if open_low else f"at least {low:g}"
         raise InputError(f"{source} {value!r}: must be {bound}.")
-    return converted
+    high, open_high = metadata.get("max"), bool(metadata.get("max_open"))
+    if high is not None and (number > high or (open_high and number == high)):
+        bound = f"less than {high:g}" if open_high else f"at most {high:g}"
+        raise InputError(f"{source} {value!r}: must be {bound}.")
 
 
 def _is_float(text: str) -> bool:

@@ -95,6 +95,35 @@ def far_end_px(keypoints_px: Array, visible: Array) -> Array:
     return xp.where(count > 0, mean, math.nan)
 
 
+def copy_single_end(keypoints: Array, visible: Array) -> tuple[Array, Array]:
+    """Training targets where a chip's one visible wake end fills both end slots.
+
+    The heading is read towards the mean of the predicted ends that are deemed
+    visible. On a chip with one visible end (one Kelvin arm, or the turbulent
+    wake alone), an untrained second end slot drags that mean anywhere as soon
+    as the network calls it visible; trained onto the same end, it cannot move
+    the heading whatever its visibility.
+
+    Args:
+        keypoints: ``[..., 3, 2]`` target keypoints (any unit; invisible slots
+            may hold NaN).
+        visible: Bool ``[..., 3]`` target visibility.
+
+    Returns:
+        The targets with the invisible end slot of one-end chips set to the
+        visible end, and the bool ``[..., 3]`` mask of slots that have a position
+        target. Visibility itself is unchanged: train it on ``visible``.
+    """
+    xp = namespace(keypoints)
+    ends_visible = visible[..., 1:]
+    single_end = ends_visible.sum(-1) == 1
+    fill = single_end[..., None] & ~ends_visible
+    single_end_px = far_end_px(keypoints, visible)[..., None, :]
+    ends = xp.where(fill[..., None], single_end_px, keypoints[..., 1:, :])
+    filled = xp.concatenate([keypoints[..., :1, :], ends], -2)
+    return filled, xp.concatenate([visible[..., :1], ends_visible | fill], -1)
+
+
 def heading_deg(keypoints_px: Array, visible: Array) -> Array:
     """Compass bearing from the far-end point towards the vertex.
 

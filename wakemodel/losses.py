@@ -35,6 +35,7 @@ def _order_costs(
     pred_visibility_logits: Tensor | None,
     visibility_weight: float,
     beta: float,
+    position_visible: Tensor | None = None,
 ) -> Tensor:
     """Per-sample loss for the identity and the swapped arm order of the target.
 
@@ -42,26 +43,32 @@ def _order_costs(
         pred_keypoints: ``[..., 3, 2]`` predicted coordinates (any unit).
         target_keypoints: ``[..., 3, 2]`` target coordinates (same unit).
         target_visible: Bool ``[..., 3]``; invisible slots are ignored.
-        pred_visibility_logits: Optional ``[..., 3]`` logits; adds a BCE term.
+        pred_visibility_logits: Optional ``[..., 3]`` logits; adds a BCE term
+            against ``target_visible``.
         visibility_weight: Weight of the BCE term.
         beta: Smooth-L1 transition point (same unit as the coordinates); 0 gives L1.
+        position_visible: Bool ``[..., 3]`` slots whose position is trained, when
+            not ``target_visible`` (see :func:`wakemodel.keypoints.copy_single_end`).
 
     Returns:
         ``[..., 2]`` costs: index 0 for the identity order, 1 for the swapped order.
     """
+    if position_visible is None:
+        position_visible = target_visible
     slot_dim = target_keypoints.dim() - 2
     costs = []
     for order in (IDENTITY_ORDER, SWAPPED_ORDER):
         index = torch.tensor(order, device=target_keypoints.device)
         target = target_keypoints.index_select(slot_dim, index)
         visible = target_visible.index_select(slot_dim, index)
-        mask = visible.unsqueeze(-1)
+        positioned = position_visible.index_select(slot_dim, index)
+        mask = positioned.unsqueeze(-1)
         target = torch.where(mask, target, torch.zeros_like(target))
         difference = torch.where(mask, pred_keypoints - target, torch.zeros_like(target))
         per_coordinate = functional.smooth_l1_loss(
             difference, torch.zeros_like(difference), beta=beta, reduction="none"
         )
-        visible_count = visible.sum(dim=-1).clamp(min=1)
+        visible_count = positioned.sum(dim=-1).clamp(min=1)
         cost = per_coordinate.sum(dim=(-2, -1)) / visible_count
         if pred_visibility_logits is not None:
             bce = functional.binary_cross_entropy_with_logits(
@@ -123,6 +130,7 @@ def keypoint_loss(
     *,
     visibility_weight: float = 0.1,
     beta: float = 0.02,
+    position_visible: Tensor | None = None,
 ) -> Tensor:
     """Masked smooth-L1 keypoint loss plus visibility BCE, minimised over arm orders.
 
@@ -139,6 +147,8 @@ def keypoint_loss(
         target_visible: Bool ``[B, 3]`` target visibility.
         visibility_weight: Weight of the visibility BCE term.
         beta: Smooth-L1 transition point in normalised units (fraction of the chip).
+        position_visible: Bool ``[B, 3]`` slots whose position is trained when not
+            ``target_visible`` (:func:`wakemodel.keypoints.copy_single_end`).
 
     Returns:
         Scalar loss tensor (float32).
@@ -150,6 +160,7 @@ def keypoint_loss(
         pred_visibility_logits=pred_visibility_logits.float(),
         visibility_weight=visibility_weight,
         beta=beta,
+        position_visible=None if position_visible is None else position_visible.bool(),
     )
     return costs.min(dim=-1).values.mean()
 

@@ -38,7 +38,7 @@ from wakemodel.network import (
     NUM_KEYPOINTS,
     EfficientNetB0KeypointDetector,
     KeypointOutput,
-    add_missing_buffers,
+    fill_missing_weights,
     soft_argmax_with_spread,
 )
 
@@ -170,6 +170,10 @@ class WakeKeypointModule(pl.LightningModule):
             (:func:`wakemodel.losses.wake_axis_loss`, in original-chip pixels; 0: off).
         dropout: Dropout before the visibility head.
         channels_last: Convert the network to channels-last memory format.
+        keypoint_visibility: Per-keypoint visibility head (see the network).
+        copy_single_end: On chips with one visible wake end, train both end slots'
+            positions onto it (:func:`wakemodel.keypoints.copy_single_end`), so the
+            heading does not depend on the second slot's visibility.
     """
 
     monitor: str = "val/vertex_error_px"
@@ -197,6 +201,8 @@ class WakeKeypointModule(pl.LightningModule):
         wake_weight: float = MODEL_DEFAULTS.wake_weight,
         dropout: float = MODEL_DEFAULTS.dropout,
         channels_last: bool = True,
+        keypoint_visibility: bool = MODEL_DEFAULTS.keypoint_visibility,
+        copy_single_end: bool = MODEL_DEFAULTS.copy_single_end,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained", "weights_path"])
@@ -205,6 +211,7 @@ class WakeKeypointModule(pl.LightningModule):
             pretrained=pretrained,
             weights_path=weights_path,
             dropout=dropout,
+            keypoint_visibility=keypoint_visibility,
         )
         self.val_metrics = _stage_metrics()
         self.test_metrics = _stage_metrics()
@@ -245,13 +252,17 @@ class WakeKeypointModule(pl.LightningModule):
         """The output and loss (scalar) of :meth:`_forward_with_loss` from the heads' logits."""
         keypoints, spread = soft_argmax_with_spread(heatmap_logits)
         output = KeypointOutput(keypoints, visibility_logits, spread * self.detector.std_scale)
+        targets, positioned = batch["keypoints"], batch["visible"]
+        if self.hparams.copy_single_end:
+            targets, positioned = kp.copy_single_end(targets, positioned)
         loss = keypoint_loss(
             output.keypoints,
             output.visibility_logits,
-            batch["keypoints"],
+            targets,
             batch["visible"],
             visibility_weight=self.hparams.visibility_weight,
             beta=self.hparams.loss_beta,
+            position_visible=positioned,
         )
         has_wake = batch["visible"][:, VERTEX_SLOT]
         # Only chips without a wake teach the wake score; a batch of wakes alone (all of the
@@ -262,10 +273,10 @@ class WakeKeypointModule(pl.LightningModule):
             )
         if self.hparams.heatmap_weight > 0 or self.hparams.heading_weight > 0:
             order = match_arm_order(
-                output.keypoints, batch["keypoints"], batch["visible"], beta=self.hparams.loss_beta
+                output.keypoints, targets, positioned, beta=self.hparams.loss_beta
             )
-            target = permute_slots(batch["keypoints"], order)
-            visible = permute_slots(batch["visible"], order)
+            target = permute_slots(targets, order)
+            visible = permute_slots(positioned, order)
             if self.hparams.heatmap_weight > 0:
                 loss = loss + self.hparams.heatmap_weight * heatmap_loss(
                     heatmap_logits, target, visible
@@ -403,8 +414,8 @@ class WakeKeypointModule(pl.LightningModule):
         self.log("val/std_scale", scale, sync_dist=False)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Accept checkpoints written before the network had ``std_scale``."""
-        add_missing_buffers(checkpoint["state_dict"], prefix=DETECTOR_PREFIX)
+        """Accept checkpoints from before ``std_scale`` or the per-keypoint visibility head."""
+        fill_missing_weights(checkpoint["state_dict"], self.detector, prefix=DETECTOR_PREFIX)
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """Log ``test/loss`` and accumulate the ``test/`` metrics."""

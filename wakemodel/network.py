@@ -132,6 +132,9 @@ class EfficientNetB0KeypointDetector(nn.Module):
         weights_path: Local torchvision ``efficientnet_b0`` state dict; takes
             precedence over (and implies) ``pretrained``.
         dropout: Dropout probability before the visibility head.
+        keypoint_visibility: Add visibility logits read at each keypoint (decoder
+            features pooled under its heatmap) to the pooled head's; without it
+            only globally pooled features decide which wake end is visible.
 
     Raises:
         InputError: If ``num_keypoints`` is not 3.
@@ -144,6 +147,7 @@ class EfficientNetB0KeypointDetector(nn.Module):
         pretrained: bool = False,
         weights_path: str | Path | None = None,
         dropout: float = MODEL_DEFAULTS.dropout,
+        keypoint_visibility: bool = MODEL_DEFAULTS.keypoint_visibility,
     ) -> None:
         super().__init__()
         if num_keypoints != NUM_KEYPOINTS:
@@ -186,6 +190,7 @@ class EfficientNetB0KeypointDetector(nn.Module):
         self.visibility_head = nn.Linear(FEATURE_CHANNELS, num_keypoints)
         nn.init.normal_(self.visibility_head.weight, std=0.01)
         nn.init.zeros_(self.visibility_head.bias)
+        self.keypoint_visibility_head = _attended_visibility_head() if keypoint_visibility else None
         self.register_buffer("mean", torch.tensor(GREY_MEAN).reshape(1, 1, 1, 1))
         self.register_buffer("std", torch.tensor(GREY_STD).reshape(1, 1, 1, 1))
         self.register_buffer("std_scale", torch.tensor(1.0))
@@ -220,7 +225,13 @@ class EfficientNetB0KeypointDetector(nn.Module):
             if index in PYRAMID_STAGES:
                 pyramid.append(features)
         pooled = self.pool(features).flatten(1)
-        return self.decoder(pyramid), self.visibility_head(self.dropout(pooled))
+        heatmap_logits, decoder_features = self.decoder(pyramid)
+        visibility_logits = self.visibility_head(self.dropout(pooled))
+        if self.keypoint_visibility_head is not None:
+            visibility_logits = visibility_logits + _attended_visibility(
+                self.keypoint_visibility_head, heatmap_logits, decoder_features
+            )
+        return heatmap_logits, visibility_logits
 
 
 PYRAMID_STAGES = (3, 5, 8)
@@ -248,14 +259,15 @@ class _HeatmapDecoder(nn.Module):
             nn.Conv2d(DECODER_CHANNELS, num_keypoints, kernel_size=1),
         )
 
-    def forward(self, pyramid: list[Tensor]) -> Tensor:
+    def forward(self, pyramid: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Fuse stride-8/16/32 features top-down into heatmap logits.
 
         Args:
             pyramid: Feature maps ``[B, C_i, H_i, W_i]`` from fine to coarse.
 
         Returns:
-            Heatmap logits ``[B, K, H_0, W_0]`` at the finest level (stride 8).
+            Heatmap logits ``[B, K, H_0, W_0]`` at the finest level (stride 8) and
+            the fused features they are read from, ``[B, DECODER_CHANNELS, H_0, W_0]``.
         """
         fused = self.lateral[-1](pyramid[-1])
         for level in range(len(pyramid) - 2, -1, -1):
@@ -263,7 +275,42 @@ class _HeatmapDecoder(nn.Module):
             fused = finer + nn.functional.interpolate(
                 fused, size=finer.shape[-2:], mode="bilinear", align_corners=False
             )
-        return self.fuse(fused)
+        features = self.fuse[:-1](fused)
+        return self.fuse[-1](features), features
+
+
+def _attended_visibility_head() -> nn.Linear:
+    """The per-keypoint visibility head, zero at the start (adds nothing until trained).
+
+    Output 0 scores the vertex, output 1 either wake end (the ends share it, since
+    their slot order carries no meaning).
+    """
+    head = nn.Linear(DECODER_CHANNELS, 2)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def _attended_visibility(head: nn.Linear, heatmap_logits: Tensor, features: Tensor) -> Tensor:
+    """Visibility logits read at each keypoint: decoder features pooled under its heatmap.
+
+    Whether a wake end is visible is a property of the place the heatmap points
+    to, and which of the two end slots holds the visible end is only known from
+    the heatmaps, not from globally pooled features. The heatmap weights are
+    detached so this head does not move the keypoints.
+
+    Args:
+        head: :func:`_attended_visibility_head`.
+        heatmap_logits: ``[B, K, H, W]`` logits (slot 0 the vertex).
+        features: ``[B, C, H, W]`` decoder features.
+
+    Returns:
+        ``[B, K]`` visibility logits to add to the pooled head's.
+    """
+    weights = heatmap_logits.detach().flatten(2).softmax(dim=-1)
+    attended = torch.matmul(weights, features.flatten(2).transpose(1, 2))
+    scores = head(attended)
+    return torch.cat((scores[:, :1, 0], scores[:, 1:, 1]), dim=1)
 
 
 def soft_argmax(heatmap_logits: Tensor) -> Tensor:
@@ -333,29 +380,44 @@ def detector_from_checkpoint(checkpoint: Mapping[str, Any]) -> EfficientNetB0Key
     detector = EfficientNetB0KeypointDetector(
         num_keypoints=hparams.get("num_keypoints", NUM_KEYPOINTS),
         dropout=hparams.get("dropout", MODEL_DEFAULTS.dropout),
+        keypoint_visibility=hparams.get("keypoint_visibility", MODEL_DEFAULTS.keypoint_visibility),
     )
     weights = {
         name.removeprefix(DETECTOR_PREFIX): tensor
         for name, tensor in checkpoint["state_dict"].items()
         if name.startswith(DETECTOR_PREFIX)
     }
-    add_missing_buffers(weights)
+    fill_missing_weights(weights, detector)
     detector.load_state_dict(weights)
     device = next(iter(weights.values())).device
     return detector.to(device).eval()
 
 
-def add_missing_buffers(state_dict: dict[str, Tensor], prefix: str = "") -> None:
-    """Give a detector state dict from before ``std_scale`` existed an uncalibrated one (1.0).
+def fill_missing_weights(
+    state_dict: dict[str, Tensor], detector: nn.Module, prefix: str = ""
+) -> None:
+    """Complete a detector state dict written before some of its weights existed.
+
+    ``std_scale`` (from before calibrated uncertainties) becomes 1.0, with a
+    warning; the per-keypoint visibility head (added later) becomes zeros, which
+    adds nothing to the visibility logits, so the old network's outputs are kept.
 
     Args:
         state_dict: Detector weights (edited in place).
+        detector: The network they are for.
         prefix: Prefix of the detector's keys (e.g. :data:`DETECTOR_PREFIX`).
     """
-    key = f"{prefix}std_scale"
-    if state_dict and key not in state_dict:
-        logger.warning(
-            "The checkpoint predates calibrated uncertainties: its heading_std_deg is the raw "
-            "heatmap spread; retrain to calibrate it."
-        )
-        state_dict[key] = torch.tensor(1.0)
+    if not state_dict:
+        return
+    for name, tensor in detector.state_dict().items():
+        key = f"{prefix}{name}"
+        if key in state_dict:
+            continue
+        if name == "std_scale":
+            logger.warning(
+                "The checkpoint predates calibrated uncertainties: its heading_std_deg is the "
+                "raw heatmap spread; retrain to calibrate it."
+            )
+            state_dict[key] = torch.tensor(1.0)
+        elif name.startswith("keypoint_visibility_head."):
+            state_dict[key] = torch.zeros_like(tensor)

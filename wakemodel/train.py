@@ -65,6 +65,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from wakemodel._io import atomic_path
+from wakemodel.averaging import EmaWeights
 from wakemodel.budget import TimeBudget, _set_total_steps, parse_duration_s
 from wakemodel.config import CONFIG_FILE_NAME, TrainConfig, save_config
 from wakemodel.data import SPLIT_NAMES, median_chip_extent_m
@@ -757,6 +758,8 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
         max_epochs=config.epochs,
         heading_weight=config.heading_weight,
         wake_weight=config.wake_weight,
+        keypoint_visibility=config.keypoint_visibility,
+        copy_single_end=config.copy_single_end,
     )
 
     writes = not config.fast_dev_run
@@ -777,6 +780,8 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
     all_callbacks: list[Callback] = [recorder, LogInterval(), *callbacks]
     if budget is not None:
         all_callbacks.append(budget)
+    if config.ema_decay > 0:
+        all_callbacks.append(EmaWeights(config.ema_decay))
     if writes:
         # Lightning's fast_dev_run still writes last.ckpt at the end: keep smoke tests from
         # overwriting a real run's checkpoint by not checkpointing at all.
