@@ -12,8 +12,8 @@ run ever trained on. The recipes (:data:`RECIPES`) are ``train --max-time`` with
   issue 11's second part);
 - ``new``: today's defaults of ``train``;
 - ablations of ``new``, one change each: ``new-ema`` (no weight averaging),
-  ``new-kpvis`` (no per-keypoint visibility), ``new-copy`` (the second end slot of
-  one-end chips untrained), ``new+axis`` (the wake-axis loss on).
+  ``new-kpvis`` (no per-keypoint visibility), ``new+copy`` (both end slots of
+  one-end chips trained onto their end), ``new+axis`` (the wake-axis loss on).
 
 For each budget (``--minutes``, default 5 10 15) and recipe it prints the heading
 error's median, mean and p90 (degrees), the share of chips more than 90 degrees
@@ -50,7 +50,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "new": {},
     "new-ema": {"ema_decay": 0.0},
     "new-kpvis": {"keypoint_visibility": False},
-    "new-copy": {"copy_single_end": False},
+    "new+copy": {"copy_single_end": True},
     "new+axis": {"heading_weight": 0.1},
 }
 """``TrainConfig`` settings of each recipe on top of today's defaults."""

@@ -70,7 +70,7 @@ class ModelDefaults:
     wake_weight: float = 0.5
     ema_decay: float = 0.99
     keypoint_visibility: bool = True
-    copy_single_end: bool = True
+    copy_single_end: bool = False
 
 
 MODEL_DEFAULTS = ModelDefaults()
