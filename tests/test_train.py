@@ -252,6 +252,7 @@ def test_train_options_are_generated_from_the_config() -> None:
         "--warmup-epochs",
         "--heading-weight",
         "--wake-weight",
+        "--ema-decay",
         "--seed",
         "--accelerator",
         "--precision",
