@@ -1,12 +1,10 @@
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from validation import validate_checkpoint
 
 from wakemodel.averaging import STD_SCALE_KEY, warmed_up_decay
-from wakemodel.datamodule import WakeDataModule
-from wakemodel.model import WakeKeypointModule
 from wakemodel.train import TrainConfig, train
 
 IMAGE_SIZE = 32
@@ -19,23 +17,6 @@ def test_decay_warms_up_to_its_target() -> None:
     assert warmed_up_decay(0.99, 10_000) == 0.99
     decays = [warmed_up_decay(0.99, n) for n in range(2000)]
     assert decays == sorted(decays)
-
-
-def _validate(checkpoint: Path, data_dir: Path) -> dict[str, float]:
-    """``val/`` metrics of ``checkpoint``'s weights on the run's validation split."""
-    module = WakeKeypointModule.load_from_checkpoint(checkpoint, map_location="cpu")
-    datamodule = WakeDataModule(
-        data_dir, image_size=IMAGE_SIZE, batch_size=4, num_workers=0, seed=SEED
-    )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    return {name: float(value) for name, value in results.items()}
 
 
 def test_ema_weights_are_validated_and_saved(make_synthetic_dir, tmp_path: Path) -> None:
@@ -74,6 +55,8 @@ def test_ema_weights_are_validated_and_saved(make_synthetic_dir, tmp_path: Path)
     # What was validated during training (and chose the best checkpoint) is the saved
     # averaged model: validating the checkpoint alone gives the same metrics.
     logged = result.best_metrics
-    again = _validate(result.best_checkpoint, data_dir)
+    again, _ = validate_checkpoint(
+        result.best_checkpoint, data_dir, image_size=IMAGE_SIZE, batch_size=4, seed=SEED
+    )
     for name in ("val/vertex_error_px", "val/heading_error_deg", "val/loss"):
         assert again[name] == pytest.approx(logged[name], rel=1e-4, abs=1e-4), name

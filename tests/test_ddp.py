@@ -17,12 +17,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from validation import validate_checkpoint
 
 from wakemodel.datamodule import WakeDataModule
 from wakemodel.errors import InputError
-from wakemodel.model import WakeKeypointModule
 from wakemodel.train import RUN_DIR_ENV, TrainConfig, _resolve_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,22 +101,11 @@ def _val_rows(metrics_csv: Path) -> dict[int, dict[str, float]]:
 
 def _validate_one_process(checkpoint: Path, data_dir: Path) -> dict[str, float]:
     """The ``val/`` metrics of ``checkpoint`` on the run's validation split, in one process."""
-    module = WakeKeypointModule.load_from_checkpoint(checkpoint, map_location="cpu")
-    # The data module as train() builds it: the same seed gives the same split.
-    datamodule = WakeDataModule(
-        data_dir, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, num_workers=0, seed=SEED
+    metrics, datamodule = validate_checkpoint(
+        checkpoint, data_dir, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, seed=SEED
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     assert len(datamodule.val_dataset) == 3  # an odd split: DDP padding would repeat a chip
-    return {name: float(value) for name, value in results.items()}
+    return metrics
 
 
 @pytest.mark.slow
