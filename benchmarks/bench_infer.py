@@ -346,10 +346,10 @@ def main() -> None:
         _memory_main(args)
         return
 
-    from wakemodel.data import scan_dataset
     from wakemodel.export import OnnxKeypointPredictor, export_onnx
     from wakemodel.infer import find_images, load_model, predict
     from wakemodel.preprocess import load_image
+    from wakemodel.records import scan_dataset
     from wakemodel.synthetic import generate_dataset
 
     work = Path(tempfile.mkdtemp(prefix="bench_infer_"))

@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from wakemodel import keypoints as kp
-from wakemodel.data import scan_dataset, split_records
 from wakemodel.evaluate import evaluate
+from wakemodel.records import scan_dataset, split_records
 from wakemodel.selftrain import (
     ROUND_FILE,
     SelfTrainConfig,

@@ -57,12 +57,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from wakemodel.augment import WakeAugmentation
-from wakemodel.data import WakeRecord, scan_dataset, split_records
 from wakemodel.datamodule import WakeDataModule, augment_place
 from wakemodel.devices import select_device
 from wakemodel.losses import keypoint_loss
 from wakemodel.model import WakeKeypointModule
 from wakemodel.network import EfficientNetB0KeypointDetector
+from wakemodel.records import WakeRecord, scan_dataset, split_records
 from wakemodel.synthetic import generate_dataset
 
 SEED = 0

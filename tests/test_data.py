@@ -1,4 +1,4 @@
-"""Tests of wakemodel.data: image reading, normalisation, annotation parsing, datasets."""
+"""Tests of wakemodel.records and wakemodel.data: annotations, scanning, splits, datasets."""
 
 from __future__ import annotations
 
@@ -17,14 +17,10 @@ from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator, MPSA
 
 from wakemodel import datamodule as datamodule_module
 from wakemodel import preprocess
-from wakemodel.data import (
-    WakeDataset,
-    WakeRecord,
-    scan_dataset,
-    split_records,
-)
+from wakemodel.data import WakeDataset
 from wakemodel.datamodule import WakeDataModule
 from wakemodel.errors import InputError, WakeModelError
+from wakemodel.records import WakeRecord, scan_dataset, split_records
 
 SIZE = 32
 
@@ -86,7 +82,7 @@ def test_empty_tooltips_is_a_chip_without_a_wake(
     write_sample(tmp_path, "empty", annotation={"tooltips": []})
     write_sample(tmp_path, "wake", points=[(10, 12), (30, 25)])
     write_sample(tmp_path, "onepoint", points=[(3, 4)])
-    with caplog.at_level(logging.INFO, logger="wakemodel.data"):
+    with caplog.at_level(logging.INFO, logger="wakemodel.records"):
         empty, wake = scan_dataset(tmp_path)
     assert empty.name == "empty" and not empty.has_wake and wake.has_wake
     assert empty.visible.tolist() == [False, False, False]
@@ -182,7 +178,7 @@ def test_bad_samples_are_skipped_with_one_warning_each(
     (tmp_path / "imgs" / "notes.txt").write_text("not a chip")
     Image.fromarray(chip_pixels(48, 40, (20, 15))).save(tmp_path / "imgs" / "good1.tif")
 
-    with caplog.at_level(logging.INFO, logger="wakemodel.data"):
+    with caplog.at_level(logging.INFO, logger="wakemodel.records"):
         records = scan_dataset(tmp_path)
 
     assert [record.name for record in records] == ["good1", "good2"]

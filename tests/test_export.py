@@ -117,12 +117,12 @@ def test_infer_cli_with_onnx_matches_checkpoint_schema(
     assert onnx_chip["wake_found"] == checkpoint_chip["wake_found"]
 
 
-@pytest.mark.parametrize("extra", [[], ["--tta"]])
-def test_onnx_infer_cli_runs_without_torch(
-    onnx_models: dict[str, Path], synthetic_dir: Path, extra: list[str]
-) -> None:
-    image = find_images([synthetic_dir / "imgs"])[0]
-    args = ["infer", str(onnx_models["fp32"]), str(image), "--json", "-", *extra]
+def _run_cli_without_torch(args: list[str]) -> str:
+    """Run the CLI in a fresh interpreter; check that it imported neither torch nor pyproj.
+
+    Returns:
+        Its standard output.
+    """
     code = (
         "import sys; from wakemodel.cli import main\n"
         "try:\n"
@@ -136,10 +136,29 @@ def test_onnx_infer_cli_runs_without_torch(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stderr.strip().splitlines()[-2:] == ["NO-TORCH", "NO-PYPROJ"]
-    document = json.loads(result.stdout)
+    return result.stdout
+
+
+@pytest.mark.parametrize("extra", [[], ["--tta"]])
+def test_onnx_infer_cli_runs_without_torch(
+    onnx_models: dict[str, Path], synthetic_dir: Path, extra: list[str]
+) -> None:
+    image = find_images([synthetic_dir / "imgs"])[0]
+    args = ["infer", str(onnx_models["fp32"]), str(image), "--json", "-", *extra]
+    document = json.loads(_run_cli_without_torch(args))
     assert document["tta"] is bool(extra)
     keypoints = document["predictions"][0]["keypoints"]
     assert [point["name"] for point in keypoints] == ["vertex", "end_1", "end_2"]
+
+
+def test_onnx_evaluate_cli_runs_without_torch(
+    onnx_models: dict[str, Path], synthetic_dir: Path
+) -> None:
+    args = ["evaluate", str(onnx_models["fp32"]), str(synthetic_dir), "--json", "-"]
+    stdout = _run_cli_without_torch(args)
+    document = json.loads(stdout[stdout.index("{") :])
+    assert len(document["samples"]) == 24
+    assert "calibration" in document["summary"]
 
 
 def _single_error_line(result: Any) -> str:

@@ -408,8 +408,8 @@ def test_synthetic_geotiff_dataset_matches_png_dataset(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from wakemodel.cli import main
-    from wakemodel.data import scan_dataset
     from wakemodel.preprocess import read_image
+    from wakemodel.records import scan_dataset
     from wakemodel.synthetic import generate_dataset
 
     options = {"min_size": 40, "max_size": 64}

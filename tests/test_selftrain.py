@@ -8,9 +8,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from wakemodel.cli import main
-from wakemodel.data import WakeDataset, scan_dataset
+from wakemodel.data import WakeDataset
 from wakemodel.errors import InputError
 from wakemodel.evaluate import evaluate
+from wakemodel.records import scan_dataset
 from wakemodel.selftrain import (
     ROUND_FILE,
     Reward,

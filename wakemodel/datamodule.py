@@ -21,17 +21,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from wakemodel.augment import BatchWakeAugmentation, WakeAugmentation
 from wakemodel.config import AugmentPlace
-from wakemodel.data import (
+from wakemodel.data import Augmentation, WakeDataset, _default_num_workers
+from wakemodel.errors import InputError
+from wakemodel.records import (
     SPLIT_NAMES,
-    Augmentation,
-    WakeDataset,
     WakeRecord,
-    _default_num_workers,
     scan_dataset,
     split_records,
     split_records_by_files,
 )
-from wakemodel.errors import InputError
 
 logger = logging.getLogger(__name__)
 

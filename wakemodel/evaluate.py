@@ -338,8 +338,8 @@ def evaluate(
         InputError: ``devices`` is above 1 for an ONNX or in-memory model.
     """
     from wakemodel import metrics
-    from wakemodel.data import scan_dataset
     from wakemodel.infer import _check_devices
+    from wakemodel.records import scan_dataset
 
     _check_devices(model, devices)  # before the dataset scan: a bad option fails at once
     root = Path(data_dir)

@@ -186,9 +186,9 @@ def plot_dataset_grid(
     """
     import torch
 
-    from wakemodel.data import scan_dataset
     from wakemodel.keypoints import heading_deg
     from wakemodel.preprocess import normalize_image, read_image
+    from wakemodel.records import scan_dataset
 
     if count < 1 or columns < 1:
         raise InputError(f"count ({count}) and columns ({columns}) must be at least 1.")

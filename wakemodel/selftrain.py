@@ -515,7 +515,7 @@ def write_training_set(
 
     Args:
         folder: The folder to (re)create.
-        labeled_train: Labelled training records (:class:`wakemodel.data.WakeRecord`).
+        labeled_train: Labelled training records (:class:`wakemodel.records.WakeRecord`).
         labeled_val: Labelled validation records.
         pseudo_dir: A dataset of pseudo-labelled chips, or None.
         repeats: Times each labelled training chip appears.
@@ -635,7 +635,7 @@ def selftrain(config: SelfTrainConfig) -> SelfTrainResult:
             validation split, or ``out_dir`` holds a run with other settings.
         WakeModelError: The labelled data is unusable or training fails.
     """
-    from wakemodel.data import scan_dataset, split_records
+    from wakemodel.records import scan_dataset, split_records
 
     if not config.labeled_dir.is_dir():
         raise InputError(

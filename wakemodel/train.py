@@ -68,12 +68,12 @@ from wakemodel._io import atomic_path
 from wakemodel.averaging import EmaWeights
 from wakemodel.budget import TimeBudget, _set_total_steps, parse_duration_s
 from wakemodel.config import CONFIG_FILE_NAME, TrainConfig, save_config
-from wakemodel.data import SPLIT_NAMES, median_chip_extent_m
 from wakemodel.datamodule import WakeDataModule
 from wakemodel.devices import DeviceChoice, environment_info, select_device
 from wakemodel.errors import InputError, WakeModelError, first_line
 from wakemodel.model import WakeKeypointModule
 from wakemodel.predictors import CHIP_EXTENT_KEY
+from wakemodel.records import SPLIT_NAMES, median_chip_extent_m
 
 logger = logging.getLogger(__name__)
 
