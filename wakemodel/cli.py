@@ -84,7 +84,7 @@ def _model_options(
         click.option(
             "--tta",
             is_flag=True,
-            help="Average predictions over the 8 flips/rotations of the input.",
+            help="Combine predictions over the 8 flips/rotations of the input (median keypoints).",
         ),
         click.option(
             "--gsd",
@@ -964,7 +964,7 @@ def _write_scene(scene_path: Path, wakes: int, size: int, seed: int) -> None:
     "--tta/--no-tta",
     default=True,
     show_default=True,
-    help="Average every look over the 8 flips/rotations of the window (about 4x the model "
+    help="Combine every look over the 8 flips/rotations of the window (about 4x the model "
     "time; fewer reversed headings, sharper uncertainty).",
 )
 @_model_options(skip=("--gsd", "--devices", "--tta"))

@@ -319,7 +319,7 @@ def evaluate(
             :class:`~wakemodel.infer.KeypointPredictor`.
         data_dir: Dataset root in the ShipWakes layout (``imgs/``, ``annotations/``).
         batch_size: Chips per network call.
-        tta: Average predictions over the 8 dihedral transforms.
+        tta: Combine predictions over the 8 dihedral transforms.
         gsd_m: Ground sampling distance (metres per pixel).
         accelerator: Device choice when ``model`` is a path.
         limit: Evaluate only the first ``limit`` chips (in dataset order); None: all.

@@ -320,7 +320,7 @@ def iter_predictions(
         images: Image paths (8/16-bit grey, RGB or RGBA; PNG or TIFF; any
             size) and/or raw grey arrays ``[H, W]``.
         batch_size: Chips per network call.
-        tta: Average over the 8 flips/rotations of the network input.
+        tta: Combine the 8 flips/rotations of the network input (:mod:`wakemodel.tta`).
         gsd_m: Ground sampling distance (metres per pixel) for the wake length.
         accelerator: Device choice when ``model`` is a path.
         min_wake_score: Wake score (probability) from which a chip counts as
@@ -381,7 +381,7 @@ def predict(
         images: Image paths (8/16-bit grey, RGB or RGBA; PNG or TIFF; any
             size) and/or raw grey arrays ``[H, W]``.
         batch_size: Chips per network call.
-        tta: Average over the 8 flips/rotations of the network input.
+        tta: Combine the 8 flips/rotations of the network input (:mod:`wakemodel.tta`).
         gsd_m: Ground sampling distance (metres per pixel) for the wake length.
         accelerator: Device choice when ``model`` is a path.
         min_wake_score: Wake score (probability) from which a chip counts as
@@ -804,7 +804,7 @@ def run(
             :class:`KeypointPredictor`.
         images: Image files, folders of them, and/or raw grey arrays ``[H, W]``.
         batch_size: Chips per network call.
-        tta: Average over the 8 flips/rotations of the network input.
+        tta: Combine the 8 flips/rotations of the network input (:mod:`wakemodel.tta`).
         gsd_m: Ground sampling distance (metres per pixel) for chips that are
             not georeferenced.
         accelerator: Device choice when ``model`` is a path.

@@ -445,7 +445,7 @@ def scan(
         chip_m: Window side (metres); default: the model file's training-chip
             extent (:func:`wakemodel.predictors.chip_extent_m`).
         batch_size: Windows per network call.
-        tta: Average every look over the 8 flips/rotations of the window (on a
+        tta: Combine every look over the 8 flips/rotations of the window (on a
             full synthetic scene: p90 heading error 69° against 110° without, at
             about 4x the model time; ``benchmarks/README.md``).
         accelerator: Device for a ``.ckpt`` model.

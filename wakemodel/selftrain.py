@@ -9,7 +9,8 @@ Self-Training for Problem-Solving with Language Models"):
   (:func:`wakemodel.tta.predict_views`). A binary reward (:func:`agreement`) keeps a chip
   only when the views agree: the vertices' spread and the headings' spread are
   under thresholds and the mean wake score is high. The pseudo-label is the
-  views' consensus (their mean, arm order matched to the plain view).
+  views' consensus (their per-coordinate median, arm order matched to the plain
+  view).
 - **M-step**: training starts again from the same starting weights (the
   :class:`~wakemodel.config.TrainConfig`'s ``pretrained``/``weights_path`` and
   ``seed``), never from the previous round's model, on the labelled training
@@ -53,7 +54,7 @@ from wakemodel._io import atomic_write_text, json_float
 from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
 from wakemodel.config import TrainConfig, config_to_dict
 from wakemodel.errors import InputError, WakeModelError
-from wakemodel.tta import predict_views
+from wakemodel.tta import consensus, predict_views
 
 if TYPE_CHECKING:
     from wakemodel.predictors import KeypointPredictor
@@ -336,13 +337,14 @@ def agreement(
         reward: The thresholds.
 
     Returns:
-        One :class:`ChipAgreement` per chip. The consensus is the views' mean;
-        its visible ends are those with a mean probability above 0.5 (at least
-        one). Each view's heading uses the consensus visibility.
+        One :class:`ChipAgreement` per chip. The consensus is the views'
+        per-coordinate median (:func:`wakemodel.tta.consensus`); its visible ends
+        are those with a mean probability above 0.5 (at least one). Each view's
+        heading uses the consensus visibility.
     """
     sizes = np.asarray(sizes, dtype=np.float64)
     views_px = keypoints * sizes[None, :, None, :]
-    consensus_px = views_px.mean(axis=0)
+    consensus_px = consensus(views_px)
     mean_visibility = visibility.mean(axis=0)
     visible = kp.predicted_visibility(mean_visibility)
     vertex_offsets = views_px[:, :, kp.VERTEX_SLOT] - consensus_px[None, :, kp.VERTEX_SLOT]

@@ -3,8 +3,9 @@
 :func:`predict_batch` runs a model backend on a batch, optionally under the 8
 dihedral transforms, maps every view's keypoints (and their spread) back
 exactly, aligns the wake ends of each view with those of the plain prediction
-(:func:`wakemodel.keypoints.match_arm_order`) and averages. numpy only, so the
-ONNX path and the multi-device predict loop share it without torch.
+(:func:`wakemodel.keypoints.match_arm_order`) and combines them: keypoints by
+their per-coordinate median (:func:`consensus`), visibility by its mean. numpy
+only, so the ONNX path and the multi-device predict loop share it without torch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from wakemodel.predictors import KeypointPredictor
 
 __all__ = [
     "as_numpy",
+    "consensus",
     "dihedral_transforms",
     "predict_batch",
     "predict_views",
@@ -134,20 +136,41 @@ def predict_views(
     return np.stack(keypoints), np.stack(visibility), np.stack(keypoint_std)
 
 
+def consensus(view_keypoints: np.ndarray) -> np.ndarray:
+    """The views' agreed keypoints: the per-coordinate median over the views.
+
+    A median, not a mean, so one view that put a keypoint on the wrong wake
+    component moves the consensus little. Measured on 200 held-out synthetic
+    chips with four CPU-trained models (benchmarks/README.md, "Test-time
+    augmentation"): the median gave a lower or equal share of headings more
+    than 90 degrees off than the mean with every model, and a lower vertex error
+    and more pseudo-labels within 10 degrees and 5 % of the wake length.
+
+    Args:
+        view_keypoints: Keypoints of the views ``[V, ..., 3, 2]`` (any unit),
+            arm slots aligned.
+
+    Returns:
+        ``[..., 3, 2]`` in the same unit.
+    """
+    return np.median(view_keypoints, axis=0)
+
+
 def predict_batch(
     predictor: KeypointPredictor, images: np.ndarray, *, tta: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predict on one batch of network inputs, optionally with dihedral TTA.
 
-    With ``tta`` the 8 dihedral views (:func:`predict_views`) are averaged:
-    keypoints and visibility probabilities by their mean; the keypoint std
-    then combines both sources of doubt: the root mean square of the views'
-    own std and the spread of the views around their mean. numpy only.
+    With ``tta`` the 8 dihedral views (:func:`predict_views`) are combined:
+    keypoints by their :func:`consensus`, visibility probabilities by their
+    mean; the keypoint std then combines both sources of doubt: the root mean
+    square of the views' own std and the views' root-mean-square distance from
+    the consensus. numpy only.
 
     Args:
         predictor: The model backend.
         images: float32 ``[B, 1, S, S]`` in [0, 1].
-        tta: Average over the 8 dihedral transforms.
+        tta: Combine the 8 dihedral transforms.
 
     Returns:
         Normalised keypoints float ``[B, 3, 2]``, visibility probabilities
@@ -157,5 +180,8 @@ def predict_batch(
     if not tta:
         return run_predictor(predictor, images)
     keypoints, visibility, keypoint_std = predict_views(predictor, images)
-    spread_variance = np.mean(np.square(keypoint_std), axis=0) + np.var(keypoints, axis=0)
-    return np.mean(keypoints, axis=0), np.mean(visibility, axis=0), np.sqrt(spread_variance)
+    agreed = consensus(keypoints)
+    spread_variance = np.mean(np.square(keypoint_std), axis=0) + np.mean(
+        np.square(keypoints - agreed), axis=0
+    )
+    return agreed, np.mean(visibility, axis=0), np.sqrt(spread_variance)
