@@ -6,7 +6,7 @@ pixels and a nodata corner) and scans it with ``cli.py scan`` in a fresh process
 per run, measuring its wall time and peak RSS:
 
 - ``detector``: the vessels come from the built-in CFAR detector, with the
-  defaults (two looks, each averaged over the 8 flips/rotations: ``--tta``);
+  defaults (two looks, each combined over the 8 flips/rotations: ``--tta``);
 - ``detector, no TTA``: the same with ``--no-tta``;
 - ``truth, one look``: the vessels come from the truth CSV (``--vessels``), which
   isolates the model from the detector, one window centred on each vessel and no
