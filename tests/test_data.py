@@ -433,6 +433,43 @@ def test_fit_setup_resolves_device_augmentation(tmp_path: Path) -> None:
     assert module.train_dataset.augment is None
 
 
+def _rank_module(root: Path, rank: int, augment_on: str) -> WakeDataModule:
+    """A data module as process ``rank`` of a 2-process run sees it (fit set up)."""
+    module = WakeDataModule(root, image_size=SIZE, num_workers=0, augment_on=augment_on)
+    module.trainer = SimpleNamespace(  # type: ignore[assignment]
+        accelerator=CPUAccelerator(), training=True, global_rank=rank, world_size=2
+    )
+    module.setup("fit")
+    return module
+
+
+def test_device_augmentation_differs_between_processes(tmp_path: Path) -> None:
+    make_dataset(tmp_path, 6)
+    batch = {
+        "image": torch.full((4, 1, SIZE, SIZE), 0.5),
+        "keypoints": torch.tensor([[[0.5, 0.3], [0.3, 0.8], [0.7, 0.8]]]).repeat(4, 1, 1),
+        "visible": torch.ones(4, 3, dtype=torch.bool),
+    }
+
+    def augmented(rank: int) -> torch.Tensor:
+        torch.manual_seed(0)  # every process is seeded alike (seed_everything)
+        return _rank_module(tmp_path, rank, "device").on_after_batch_transfer(batch, 0)["image"]
+
+    assert torch.equal(augmented(0), augmented(0))
+    assert not torch.equal(augmented(0), augmented(1))
+
+
+def test_main_process_augmentation_differs_between_processes(tmp_path: Path) -> None:
+    make_dataset(tmp_path, 6)
+
+    def first_batch(rank: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        return next(iter(_rank_module(tmp_path, rank, "workers").train_dataloader()))["image"]
+
+    assert torch.equal(first_batch(0), first_batch(0))
+    assert not torch.equal(first_batch(0), first_batch(1))
+
+
 def test_image_failing_at_cache_time_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.accelerators import CUDAAccelerator, MPSAccelerator
@@ -39,6 +40,20 @@ STAGE_SPLITS: dict[str, tuple[str, ...]] = {
     "test": ("test",),
 }
 """The splits each Lightning stage decodes (``setup(None)``: all of them)."""
+
+
+def process_seed(seed: int, global_rank: int) -> int:
+    """A seed for one training process's augmentation draws.
+
+    Args:
+        seed: The run's seed.
+        global_rank: The process's global rank (0 without DDP).
+
+    Returns:
+        A 63-bit seed, different for every rank, the same on every rerun.
+    """
+    state = np.random.SeedSequence([seed, global_rank]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
 
 
 def augment_place(augment_on: str, device_type: str | None) -> str:
@@ -94,6 +109,14 @@ class WakeDataModule(pl.LightningDataModule):
     sampler (:meth:`evaluation_sampler`): every chip is seen by exactly one
     process, no padding duplicates, and the epoch metrics (torchmetrics) are
     reduced over all processes.
+
+    Augmentation draws differ between processes: the device augmentation uses
+    a generator seeded by ``(seed, global rank)`` (:func:`process_seed`), loader
+    workers are seeded by Lightning with the rank, and per-sample augmentation
+    in the training process itself (``num_workers=0``) reseeds torch's global
+    generator the same way when the training loader is built. So no two
+    processes draw the same flips, rotations and noise, and a rerun with the
+    same seed and process count draws the same ones again.
 
     Args:
         data_dir: Dataset root holding ``imgs/`` and ``annotations/``.
@@ -158,6 +181,7 @@ class WakeDataModule(pl.LightningDataModule):
         self.device_augmentation: BatchWakeAugmentation | None = None
         self.datasets: dict[str, WakeDataset] = {}
         self._parts: dict[str, list[WakeRecord]] | None = None
+        self._device_generator: torch.Generator | None = None
 
     def resolve_augment_on(self) -> str:
         """Where the training augmentation runs: ``"workers"`` or ``"device"``.
@@ -299,14 +323,27 @@ class WakeDataModule(pl.LightningDataModule):
         """
         if self.device_augmentation is None or self.trainer is None or not self.trainer.training:
             return batch
+        device = batch["image"].device
+        if self._device_generator is None or self._device_generator.device != device:
+            seed = process_seed(self.seed, self.trainer.global_rank)
+            self._device_generator = torch.Generator(device=device).manual_seed(seed)
         images, keypoints, visible = self.device_augmentation(
-            batch["image"], batch["keypoints"], batch["visible"]
+            batch["image"], batch["keypoints"], batch["visible"], generator=self._device_generator
         )
         return {**batch, "image": images, "keypoints": keypoints, "visible": visible}
 
     def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
-        """Shuffled (seeded), augmented training batches."""
-        return self._loader(self.train_dataset, train=True)
+        """Shuffled (seeded), augmented training batches.
+
+        Under DDP with per-sample augmentation in this process (no loader
+        workers), torch's global generator is reseeded by ``(seed, global rank)``
+        first, so the processes draw different augmentations.
+        """
+        dataset = self.train_dataset
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and self.num_workers == 0:
+            torch.manual_seed(process_seed(self.seed, trainer.global_rank))
+        return self._loader(dataset, train=True)
 
     def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         """Validation batches in name order (this process's shard under DDP)."""
