@@ -210,10 +210,14 @@ def fit_std_scale(
 ) -> float:
     """Factor k that makes the ``interval`` intervals of ``k * raw_std`` cover as promised.
 
-    ``k = quantile(error / raw_std, interval) / z`` with
-    ``z = norm.ppf((1 + interval) / 2)``, so that a share ``interval`` of the
-    errors lies within ``z * k * raw_std``. Fitted on a validation split and
-    multiplied into the predicted std.
+    ``k = q / z`` with ``z = norm.ppf((1 + interval) / 2)`` and ``q`` the
+    split-conformal quantile of ``error / raw_std``: its ``ceil((n + 1) *
+    interval)``-th smallest value over the ``n`` pairs. On a new chip drawn
+    like the validation chips, the error then lies within ``z * k * raw_std``
+    with probability at least ``interval`` whatever the error distribution
+    (exchangeable chips), where the plain interpolated quantile falls short on
+    small splits: 88.7 % on average with 60 chips, against 90.2 % (see the
+    tests). Fitted on a validation split and multiplied into the predicted std.
 
     Args:
         heading_error_deg: Absolute heading errors ``[N]`` in degrees.
@@ -223,7 +227,9 @@ def fit_std_scale(
 
     Returns:
         k > 0; 1.0 (no rescaling) with fewer than 3 usable pairs or when the
-        quantile is 0 (all errors zero), which would collapse the stds.
+        quantile is 0 (all errors zero), which would collapse the stds. With too
+        few pairs for the level (``n < interval / (1 - interval)``) ``q`` is their
+        largest ratio.
 
     Raises:
         InputError: The arrays differ in size, or ``interval`` is not in (0, 1).
@@ -231,9 +237,11 @@ def fit_std_scale(
     z = interval_z(interval)
     error, std = _finite_pairs(heading_error_deg, raw_std_deg)
     keep = std > 0.0
-    if np.count_nonzero(keep) < _MIN_PAIRS:
+    count = int(np.count_nonzero(keep))
+    if count < _MIN_PAIRS:
         return 1.0
-    scale = float(np.quantile(error[keep] / std[keep], interval)) / z
+    rank = min(count, math.ceil((count + 1) * interval))
+    scale = float(np.sort(error[keep] / std[keep])[rank - 1]) / z
     return scale if math.isfinite(scale) and scale > 0.0 else 1.0
 
 
