@@ -9,9 +9,10 @@ the views are combined three ways, side by side on the same predictions:
 - ``median``: the per-coordinate median (:func:`wakemodel.tta.consensus`, today's way).
 
 Printed per way: the heading error (median, p90, share over 90 degrees), the
-vertex error as a fraction of the wake length, and the share of chips that
-self-training's pseudo-labels would get right (heading within 10 degrees and
-vertex within 5 % of the wake length, as in ``bench_selftrain.py``).
+vertex error as a fraction of the wake length, and the share of chips whose
+combined answer is right (heading within 10 degrees and vertex within 5 % of
+the wake length), a stricter cousin of ``bench_selftrain.py``'s pseudo-label
+precision (that one counts the kept chips and 5 % of the chip diagonal).
 
 Usage (from the repository root)::
 

@@ -49,7 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("data", type=Path, help="Dataset root with imgs/ and annotations/.")
-    parser.add_argument("--tta", action="store_true", help="Average the 8 flips/rotations.")
+    parser.add_argument(
+        "--tta", action="store_true", help="Combine the 8 flips/rotations (median keypoints)."
+    )
     parser.add_argument("--worst", type=int, default=12)
     args = parser.parse_args()
 

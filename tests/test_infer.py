@@ -23,6 +23,7 @@ from wakemodel.infer import (
     load_model,
     predict,
     predict_batch,
+    predict_views,
     transform_images,
     untransform_keypoints,
 )
@@ -224,6 +225,29 @@ def test_tta_consensus_ignores_one_stray_view() -> None:
     stray[3, 0, 1] = [0.9, 0.1]  # one view puts sample 0's first end elsewhere
     np.testing.assert_array_equal(consensus(stray), views[0])
     assert not np.allclose(stray.mean(axis=0), views[0])
+
+
+class _OneStrayViewPredictor(BrightestPixelPredictor):
+    """The equivariant fake network, except that its 4th call moves every vertex by 0.4 in x."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keypoints, visibility = super().__call__(images)
+        self.calls += 1
+        if self.calls == 4:
+            keypoints[:, 0, 0] += 0.4
+        return keypoints, visibility
+
+
+def test_tta_median_keeps_the_answer_of_the_agreeing_views() -> None:
+    images = _equivariant_batch()
+    plain, _, _ = predict_batch(BrightestPixelPredictor(), images)
+    combined, _, _ = predict_batch(_OneStrayViewPredictor(), images, tta=True)
+    np.testing.assert_allclose(combined, plain, atol=1e-12)
+    views, _, _ = predict_views(_OneStrayViewPredictor(), images)
+    assert not np.allclose(views.mean(axis=0), plain)  # the mean would have moved
 
 
 def test_tta_combines_mapped_back_predictions() -> None:

@@ -85,6 +85,18 @@ def test_reward_keeps_a_clean_wake_and_rejects_noise_whose_views_disagree() -> N
     assert noise.vertex_spread > 0.1 and noise.heading_spread_deg > 30.0
 
 
+def test_pseudo_label_is_the_median_of_the_views() -> None:
+    images = _wake_and_noise()[:1]
+    keypoints, visibility, _ = predict_views(_ClearWakeReader(), images)
+    stray = keypoints.copy()
+    stray[5, 0, 0] += 0.3  # one view puts the vertex elsewhere
+    sizes = np.array([[320.0, 320.0]])
+    (agreed,) = agreement(keypoints, visibility, sizes, [Path("a.png")], Reward())
+    (with_stray,) = agreement(stray, visibility, sizes, [Path("a.png")], Reward())
+    np.testing.assert_allclose(with_stray.keypoints_px, agreed.keypoints_px)
+    assert with_stray.vertex_spread_px > 30.0  # the stray view still counts as disagreement
+
+
 def test_reward_rejects_agreeing_views_with_a_low_wake_score() -> None:
     images = _wake_and_noise()[:1]
     keypoints, visibility, _ = predict_views(_ClearWakeReader(wake_score=0.2), images)

@@ -24,7 +24,23 @@ from wakemodel.devices import available_cores
 from wakemodel.errors import WakeModelError
 from wakemodel.keypoints import NUM_KEYPOINTS
 from wakemodel.preprocess import check_image_size, load_image
-from wakemodel.records import WakeRecord
+from wakemodel.records import (  # re-exported: these lived here before wakemodel.records
+    SPLIT_NAMES,
+    WakeRecord,
+    scan_dataset,
+    split_records,
+    split_records_by_files,
+)
+
+__all__ = [
+    "SPLIT_NAMES",
+    "Augmentation",
+    "WakeDataset",
+    "WakeRecord",
+    "scan_dataset",
+    "split_records",
+    "split_records_by_files",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -112,18 +112,22 @@ class WakeDataModule(pl.LightningDataModule):
 
     Augmentation draws differ between processes: the device augmentation uses
     a generator seeded by ``(seed, global rank)`` (:func:`process_seed`), loader
-    workers are seeded by Lightning with the rank, and per-sample augmentation
+    workers are seeded by Lightning with the rank (after
+    ``seed_everything(..., workers=True)``, which ``train`` calls), and per-sample augmentation
     in the training process itself (``num_workers=0``) reseeds torch's global
     generator the same way when the training loader is built. So no two
     processes draw the same flips, rotations and noise, and a rerun with the
-    same seed and process count draws the same ones again.
+    same seed and process count draws the same ones again. (Device
+    augmentation on a single GPU therefore no longer draws from torch's global
+    generator; a ``--resume`` restarts these streams from their seed.)
 
     Args:
         data_dir: Dataset root holding ``imgs/`` and ``annotations/``.
         image_size: Network input side S (pixels).
         batch_size: Chips per batch (per process under DDP).
         num_workers: Loader worker processes; None picks ``min(4, cores - 1)``.
-        seed: Seed of the split and of the training shuffle.
+        seed: Seed of the split, of the training shuffle and (with the process's
+            rank, :func:`process_seed`) of the augmentation draws.
         split: (train, val, test) fractions, used when ``split_files`` is None.
         split_files: Optional ``{"train"|"val"|"test": text file of names}``.
         augment: True for the built-in augmentation of the training set,

@@ -9,12 +9,12 @@ table and plots. :func:`predict` gives the predictions alone (:func:`iter_predic
 batch by batch, for folders of thousands of chips); :func:`run` gives
 an :class:`InferenceReport` holding everything ``python cli.py infer`` prints.
 
-Test-time augmentation averages over the 8 dihedral transforms of the network
-input, matching arm orders with :func:`wakemodel.keypoints.match_arm_order`
-(numpy). Only a ``.ckpt`` model imports torch; an ``.onnx`` model runs with
-numpy, PIL and ONNX Runtime alone, and pyproj/rasterio are imported only for
-geo options or chips that may be georeferenced, so the ``infer`` command
-starts fast.
+Test-time augmentation combines the 8 dihedral transforms of the network input
+(:mod:`wakemodel.tta`: median keypoints), matching arm orders with
+:func:`wakemodel.keypoints.match_arm_order` (numpy). Only a ``.ckpt`` model
+imports torch; an ``.onnx`` model runs with numpy, PIL and ONNX Runtime alone,
+and pyproj/rasterio are imported only for geo options or chips that may be
+georeferenced, so the ``infer`` command starts fast.
 """
 
 from __future__ import annotations

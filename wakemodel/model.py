@@ -133,8 +133,8 @@ class WakeKeypointModule(pl.LightningModule):
     Chips without a wake (no visible keypoint) train only the visibility
     logits, whose vertex slot is the wake score; their keypoint terms are
     masked out. After every validation epoch the network's ``std_scale`` is
-    refitted so that the predicted 90 % heading intervals hold 90 % of the
-    validation chips' heading errors (:func:`wakemodel.calibration.fit_std_scale`,
+    refitted so that the predicted 90 % heading intervals hold at least 90 %
+    of the validation chips' heading errors (:func:`wakemodel.calibration.fit_std_scale`,
     logged as ``val/std_scale``); each checkpoint carries the calibration of
     its own epoch.
 
@@ -400,7 +400,7 @@ class WakeKeypointModule(pl.LightningModule):
         """Calibrate ``std_scale`` on this validation epoch (not during the sanity check).
 
         The scale makes the predicted 90 % heading interval (heading +- 1.645
-        ``heading_std_deg``) hold 90 % of the validation chips' heading errors,
+        ``heading_std_deg``) hold at least 90 % of the validation chips' heading errors,
         so the checkpoint saved after this epoch carries its own calibration.
         """
         errors = self.val_heading_error.compute()

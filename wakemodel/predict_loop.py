@@ -130,7 +130,7 @@ class DetectorModule(pl.LightningModule):
         detector: The network (as :func:`wakemodel.network.detector_from_checkpoint`
             builds it).
         image_size: Network input side S (pixels).
-        tta: Average over the 8 flips/rotations of the input.
+        tta: Combine the 8 flips/rotations of the input (:mod:`wakemodel.tta`).
         quiet: Hide Lightning's INFO lines in the worker processes too.
     """
 
@@ -288,7 +288,7 @@ def predict_on_devices(
         devices: Processes: GPUs with a GPU accelerator, else CPU processes.
         accelerator: ``auto``, ``cpu``, ``gpu``, ``cuda`` or ``mps``.
         batch_size: Chips per network call on each device.
-        tta: Average over the 8 flips/rotations of the input.
+        tta: Combine the 8 flips/rotations of the input (:mod:`wakemodel.tta`).
         progress: Called as ``progress(done, total)`` after each batch of any rank.
         workers: Data loader workers per rank; None: 0 on the CPU, else up to 4.
 

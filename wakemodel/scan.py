@@ -446,7 +446,7 @@ def scan(
             extent (:func:`wakemodel.predictors.chip_extent_m`).
         batch_size: Windows per network call.
         tta: Combine every look over the 8 flips/rotations of the window (on a
-            full synthetic scene: p90 heading error 69° against 110° without, at
+            full synthetic scene: median heading error 6.1° against 8.9° without, at
             about 4x the model time; ``benchmarks/README.md``).
         accelerator: Device for a ``.ckpt`` model.
         min_wake_score: Wake score from which a wake counts as readable.

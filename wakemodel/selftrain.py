@@ -109,7 +109,8 @@ class Reward:
 
     Attributes:
         max_vertex_spread: Largest root-mean-square distance of the views'
-            vertices from their mean, as a fraction of the chip diagonal.
+            vertices from their consensus (:func:`wakemodel.tta.consensus`),
+            as a fraction of the chip diagonal.
         max_heading_spread_deg: Largest root-mean-square difference of the
             views' headings from the consensus heading (degrees).
         min_wake_score: Smallest mean wake score of the views (probability).
@@ -186,7 +187,7 @@ class ChipAgreement:
         keypoints_px: float ``[3, 2]`` consensus keypoints (original pixels).
         visible: bool ``[3]`` consensus visibility (vertex and at least one end).
         wake_score: Mean wake score of the views (probability).
-        vertex_spread_px: RMS distance of the views' vertices from their mean (pixels).
+        vertex_spread_px: RMS distance of the views' vertices from the consensus (pixels).
         heading_deg: Consensus heading (degrees, compass).
         heading_spread_deg: RMS difference of the views' headings from it (degrees).
         kept: Whether the reward keeps the chip.

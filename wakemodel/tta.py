@@ -164,8 +164,8 @@ def predict_batch(
     With ``tta`` the 8 dihedral views (:func:`predict_views`) are combined:
     keypoints by their :func:`consensus`, visibility probabilities by their
     mean; the keypoint std then combines both sources of doubt: the root mean
-    square of the views' own std and the views' root-mean-square distance from
-    the consensus. numpy only.
+    square of the views' own std and the views' root-mean-square deviation from
+    the consensus, per coordinate. numpy only.
 
     Args:
         predictor: The model backend.
