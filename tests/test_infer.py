@@ -23,11 +23,10 @@ from wakemodel.infer import (
     load_model,
     predict,
     predict_batch,
-    predict_views,
     transform_images,
     untransform_keypoints,
 )
-from wakemodel.tta import consensus
+from wakemodel.tta import consensus, predict_views
 
 FIXED_KEYPOINTS = np.array([[0.25, 0.5], [0.75, 0.125], [0.5, 0.875]])
 
