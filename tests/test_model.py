@@ -24,7 +24,9 @@ from wakemodel.network import (
     KeypointOutput,
     _attended_visibility,
     _attended_visibility_head,
+    decode_heatmaps,
     detector_from_checkpoint,
+    mode_window,
     soft_argmax,
     soft_argmax_with_spread,
 )
@@ -173,6 +175,56 @@ def test_heatmap_spread_is_small_for_one_peak_and_large_for_two() -> None:
     # Peaks at x = 2/8 and 6/8: the mean is between them and the std half their distance.
     torch.testing.assert_close(centre, torch.tensor([[[0.5, 0.5]]]))
     torch.testing.assert_close(two_spread, torch.tensor([[[0.25, 0.0]]]), atol=1e-6, rtol=0)
+
+
+def test_decoding_reads_the_peak_not_the_mean_of_a_split_or_smeared_heatmap() -> None:
+    logits = torch.full((1, 2, 9, 17), -1e4)
+    # Slot 0: a peak at (3, 4) and a weaker second candidate at (13, 4); the mean lies between.
+    logits[0, 0, 4, 3] = 0.0
+    logits[0, 0, 4, 13] = -0.5
+    # Slot 1: a peak at (16, 0), the corner, with mass smeared along a row towards the left.
+    logits[0, 1, 0, 16] = 2.0
+    logits[0, 1, 0, :10] = 0.0
+    keypoints, spread = decode_heatmaps(logits, radius_cells=2)
+    torch.testing.assert_close(keypoints[0, 0], torch.tensor([3 / 16, 0.5]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(keypoints[0, 1], torch.tensor([1.0, 0.0]), atol=1e-6, rtol=0)
+    whole, whole_spread = soft_argmax_with_spread(logits)
+    assert whole[0, 0, 0] > 0.3  # pulled towards the second candidate
+    assert whole[0, 1, 0] < 0.6  # pulled along the smear
+    # The spread is the whole heatmap's, so a split heatmap still reports its doubt.
+    torch.testing.assert_close(spread, whole_spread)
+    assert spread[0, 0, 0] > 0.2
+    keypoints_whole, _ = decode_heatmaps(logits, radius_cells=0)
+    torch.testing.assert_close(keypoints_whole, whole)
+
+
+def test_decoding_window_keeps_sub_cell_precision_at_the_peak() -> None:
+    logits = torch.full((1, 1, 7, 7), -1e4)
+    logits[0, 0, 3, 3] = 0.0
+    logits[0, 0, 3, 4] = 0.0  # two equal neighbours: the keypoint lies halfway, at x = 3.5 / 6
+    window = mode_window(logits, 1)
+    assert window.sum() == 9 and window[0, 0, 3, 3] and not window[0, 0, 3, 5]
+    keypoints, _ = decode_heatmaps(logits, radius_cells=1)
+    torch.testing.assert_close(keypoints[0, 0], torch.tensor([3.5 / 6, 0.5]), atol=1e-6, rtol=0)
+    corner = torch.full((1, 1, 7, 7), -1e4)
+    corner[0, 0, 0, 0] = 0.0
+    assert mode_window(corner, 2).sum() == 9  # clipped at the border
+
+
+def test_detector_decodes_in_the_window_unless_told_otherwise() -> None:
+    torch.manual_seed(0)
+    detector = EfficientNetB0KeypointDetector().eval()
+    images = torch.rand(2, 1, IMAGE_SIZE * 2, IMAGE_SIZE * 2)
+    with torch.no_grad():
+        heatmaps, _ = detector.heatmaps(images)
+        windowed = detector(images).keypoints
+        detector.decode_radius_cells = 0
+        whole = detector(images).keypoints
+    torch.testing.assert_close(windowed, decode_heatmaps(heatmaps)[0])
+    torch.testing.assert_close(whole, soft_argmax(heatmaps))
+    assert not torch.allclose(windowed, whole)
+    with pytest.raises(InputError, match="decode_radius_cells=-1"):
+        EfficientNetB0KeypointDetector(decode_radius_cells=-1)
 
 
 def test_forward_scales_the_spread_by_the_calibration_buffer() -> None:
@@ -364,13 +416,14 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
     assert expected.keypoints.std() > 0.01
     # The heatmaps here are far sharper than a trained network's (random N(0, 1) weights over
     # 96 channels), so float32 reordering in ONNX Runtime moves a soft-argmax by up to ~3e-4
-    # of the chip (0.07 px at 224 px); test_export holds trained checkpoints to FP32_TOLERANCE_PX.
+    # of the chip (0.07 px at 224 px), and a spread by up to ~6e-4; test_export holds trained
+    # checkpoints to FP32_TOLERANCE_PX.
     torch.testing.assert_close(torch.from_numpy(keypoints), expected.keypoints, atol=5e-4, rtol=0)
     torch.testing.assert_close(
         torch.from_numpy(logits), expected.visibility_logits, atol=1e-3, rtol=1e-3
     )
     torch.testing.assert_close(
-        torch.from_numpy(keypoint_std), expected.keypoint_std, atol=1e-4, rtol=1e-3
+        torch.from_numpy(keypoint_std), expected.keypoint_std, atol=1e-3, rtol=1e-3
     )
 
 

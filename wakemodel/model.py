@@ -38,6 +38,7 @@ from wakemodel.network import (
     NUM_KEYPOINTS,
     EfficientNetB0KeypointDetector,
     KeypointOutput,
+    decode_heatmaps,
     fill_missing_weights,
     soft_argmax_with_spread,
 )
@@ -313,6 +314,11 @@ class WakeKeypointModule(pl.LightningModule):
         """
         heatmap_logits, visibility_logits = self.detector.heatmaps(batch["image"])
         output, loss = self._loss_from_logits(batch, heatmap_logits, visibility_logits)
+        # The loss reads the whole heatmaps (as training does); the metrics and the calibration
+        # read the keypoints the way predictions do, so the best checkpoint and std_scale are
+        # chosen for what infer returns.
+        predicted = decode_heatmaps(heatmap_logits, self.detector.decode_radius_cells)[0]
+        output = output._replace(keypoints=predicted)
         if stage == "val":
             self._accumulate_calibration(batch, output)
         batch_size = batch["image"].shape[0]
