@@ -27,7 +27,7 @@ from wakemodel.train import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BEST_NAME = re.compile(r"wake-epoch=\d{3}-vertex_px=\d+\.\d{2}\.ckpt")
+BEST_NAME = re.compile(r"wake-epoch=\d{3}-heading_deg=\d+\.\d{2}\.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_fast_dev_run_cli(tiny_dir: Path, tmp_path: Path) -> None:
 def test_run_folder_holds_config_metrics_and_checkpoints(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = _config(tiny_dir, tmp_path, logger="csv")
+    config = _config(tiny_dir, tmp_path, logger="csv", visibility_weight=0.7)
     result = train(config)
     run = tmp_path / "runs" / "run"
     assert isinstance(result, TrainResult)
@@ -195,7 +195,7 @@ def test_run_folder_holds_config_metrics_and_checkpoints(
     assert result.best_checkpoint is not None
     assert BEST_NAME.fullmatch(result.best_checkpoint.name)
     assert result.best_epoch == 0
-    assert f"{result.best_metrics['val/vertex_error_px']:.2f}" in result.best_checkpoint.name
+    assert f"{result.best_metrics['val/heading_error_deg']:.2f}" in result.best_checkpoint.name
     assert {"val/vertex_error_px", "val/heading_error_deg", "val/pck@0.05"} <= set(
         result.best_metrics
     )
@@ -205,6 +205,7 @@ def test_run_folder_holds_config_metrics_and_checkpoints(
     )
     checkpoint = _load(result.best_checkpoint)
     assert checkpoint["hyper_parameters"]["image_size"] == 32
+    assert checkpoint["hyper_parameters"]["visibility_weight"] == 0.7
     assert checkpoint["wakemodel_run_dir"] == str(run)
     stamped = {key for key in checkpoint if key.startswith("wakemodel_")}
     assert stamped == {"wakemodel_run_dir", "wakemodel_chip_extent_m"}
@@ -251,6 +252,7 @@ def test_train_options_are_generated_from_the_config() -> None:
         "--weight-decay",
         "--warmup-epochs",
         "--heading-weight",
+        "--visibility-weight",
         "--wake-weight",
         "--ema-decay",
         "--seed",

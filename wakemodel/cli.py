@@ -648,6 +648,7 @@ SELFTRAIN_TRAIN_FIELDS = (
     "image_size",
     "lr",
     "heading_weight",
+    "visibility_weight",
     "wake_weight",
     "seed",
     "accelerator",

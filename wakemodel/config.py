@@ -49,6 +49,8 @@ class ModelDefaults:
         epochs: Training epochs (the length of the learning-rate schedule).
         dropout: Dropout probability before the visibility head.
         heading_weight: Weight of the wake-axis (heading) loss; 0 turns it off.
+        visibility_weight: Weight of the keypoint-visibility BCE (which wake ends
+            the chip shows; the far end is the mean of the ends deemed visible).
         wake_weight: Weight of the wake-score loss (BCE of the vertex visibility
             against "the chip holds a wake"); it matters on data with chips
             without a wake.
@@ -67,6 +69,7 @@ class ModelDefaults:
     epochs: int = 100
     dropout: float = 0.2
     heading_weight: float = 0.0
+    visibility_weight: float = 0.1
     wake_weight: float = 0.5
     ema_decay: float = 0.99
     keypoint_visibility: bool = True
@@ -171,6 +174,14 @@ class TrainConfig:
         metadata=_cli(
             "Weight of the wake-axis loss (1 - cosine between the predicted and true "
             "vertex-minus-far-end directions; 0: off).",
+            min=0,
+        ),
+    )
+    visibility_weight: float = field(
+        default=MODEL_DEFAULTS.visibility_weight,
+        metadata=_cli(
+            "Weight of the keypoint-visibility BCE (which wake ends are visible; the heading "
+            "points from the mean of the visible ends to the vertex).",
             min=0,
         ),
     )

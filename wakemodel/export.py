@@ -92,6 +92,7 @@ def _metadata(
         ),
         METADATA_KEYS["outputs"]: (
             "keypoints [B,3,2] (x, y) normalised by the original width and height, "
+            "read in a window around each heatmap's mode, "
             "slot 0 vertex, slots 1-2 wake ends; visibility [B,3] probabilities "
             "(slot 0: wake score); keypoint_std [B,3,2] calibrated 1-sigma x, y spread, "
             "normalised like keypoints"

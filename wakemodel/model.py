@@ -177,8 +177,13 @@ class WakeKeypointModule(pl.LightningModule):
             heading does not depend on the second slot's visibility.
     """
 
-    monitor: str = "val/vertex_error_px"
-    """Metric that selects the best checkpoint (pixels of the original chip)."""
+    monitor: str = "val/heading_error_deg"
+    """Metric that selects the best checkpoint: the median validation heading error (degrees).
+
+    The heading is what the model is for, and it keeps improving in the annealed last
+    epochs after the vertex error in pixels has levelled off: selecting by the vertex
+    error picked epoch 10 of the demo's 20 (held-out median heading error 21.0 degrees)
+    where its last epoch gives 6.8."""
 
     mode: Literal["min", "max"] = "min"
     """Whether a lower (``min``) or higher :attr:`monitor` value is better."""
@@ -195,7 +200,7 @@ class WakeKeypointModule(pl.LightningModule):
         max_epochs: int = MODEL_DEFAULTS.epochs,
         min_lr_ratio: float = 0.01,
         gsd_m: float = DEFAULT_GSD_M,
-        visibility_weight: float = 0.1,
+        visibility_weight: float = MODEL_DEFAULTS.visibility_weight,
         loss_beta: float = 0.02,
         heatmap_weight: float = 0.25,
         heading_weight: float = MODEL_DEFAULTS.heading_weight,
