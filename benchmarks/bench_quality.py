@@ -15,10 +15,15 @@ run ever trained on. The recipes (:data:`RECIPES`) are ``train --max-time`` with
   ``new-kpvis`` (no per-keypoint visibility), ``new+copy`` (both end slots of
   one-end chips trained onto their end), ``new+axis`` (the wake-axis loss on).
 
+Every recipe selects its best checkpoint and reads its keypoints today's way (by the
+median validation heading error; in a window around each heatmap's mode, see
+``bench_decode.py``): those are not training settings.
+
 For each budget (``--minutes``, default 5 10 15) and recipe it prints the heading
 error's median, mean and p90 (degrees), the share of chips more than 90 degrees
 off, the median vertex error as a fraction of the wake length, and the epochs
-run. The best checkpoint by validation (what ``train`` reports) is evaluated.
+run. The best checkpoint by validation (what ``train`` reports) is evaluated, and with
+``--tta`` also with the 8 test-time views (``evaluate --tta``), in a row of its own.
 
 Usage (from the repository root; about the sum of the budgets times the recipes)::
 
@@ -70,6 +75,9 @@ def _parse_args() -> argparse.Namespace:
         default=Path("data/bench-quality"),
         help="Synthetic sets are written here once and reused.",
     )
+    parser.add_argument(
+        "--tta", action="store_true", help="Also evaluate with the 8 test-time views."
+    )
     parser.add_argument("--json", type=Path, help="Also write the rows as JSON.")
     return parser.parse_args()
 
@@ -81,7 +89,23 @@ def _dataset(root: Path, count: int, seed: int) -> Path:
     return folder
 
 
-def _run(recipe: str, minutes: float, train_dir: Path, eval_dir: Path, seed: int) -> dict[str, Any]:
+def _row(report: Any, **fields: Any) -> dict[str, Any]:
+    """One table row: the run's ``fields`` and the heading and vertex errors of ``report``."""
+    heading = report.errors["heading_error_deg"]
+    vertex = report.errors["vertex_error_frac"]
+    return {
+        **fields,
+        "heading_median_deg": float(np.nanmedian(heading)),
+        "heading_mean_deg": float(np.nanmean(heading)),
+        "heading_p90_deg": float(np.nanpercentile(heading, 90)),
+        "share_over_90_deg": float(np.mean(np.nan_to_num(heading, nan=180.0) > 90.0)),
+        "vertex_frac_median": float(np.nanmedian(vertex)),
+    }
+
+
+def _run(
+    recipe: str, minutes: float, train_dir: Path, eval_dir: Path, seed: int, tta: bool
+) -> list[dict[str, Any]]:
     seconds = round(minutes * 60)
     max_time = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder:
@@ -100,23 +124,17 @@ def _run(recipe: str, minutes: float, train_dir: Path, eval_dir: Path, seed: int
             )
         )
         wall_s = time.monotonic() - start
-        report = evaluate(
-            result.best_checkpoint or result.last_checkpoint, eval_dir, accelerator="cpu"
-        )
-    heading = report.errors["heading_error_deg"]
-    vertex = report.errors["vertex_error_frac"]
-    return {
-        "recipe": recipe,
-        "minutes": minutes,
-        "wall_s": wall_s,
-        "epochs": result.epochs_completed,
-        "best_epoch": result.best_epoch,
-        "heading_median_deg": float(np.nanmedian(heading)),
-        "heading_mean_deg": float(np.nanmean(heading)),
-        "heading_p90_deg": float(np.nanpercentile(heading, 90)),
-        "share_over_90_deg": float(np.mean(np.nan_to_num(heading, nan=180.0) > 90.0)),
-        "vertex_frac_median": float(np.nanmedian(vertex)),
-    }
+        model = result.best_checkpoint or result.last_checkpoint
+        run = {
+            "minutes": minutes,
+            "wall_s": wall_s,
+            "epochs": result.epochs_completed,
+            "best_epoch": result.best_epoch,
+        }
+        return [
+            _row(evaluate(model, eval_dir, accelerator="cpu", tta=tta), recipe=name, **run)
+            for name, tta in [(recipe, False)] + ([(f"{recipe} tta", True)] if tta else [])
+        ]
 
 
 def main() -> None:
@@ -125,19 +143,20 @@ def main() -> None:
     train_dir = _dataset(args.data_root, args.train_count, args.train_seed)
     eval_dir = _dataset(args.data_root, args.eval_count, args.eval_seed)
     rows = [
-        _run(recipe, minutes, train_dir, eval_dir, args.train_seed)
+        row
         for minutes in args.minutes
         for recipe in args.recipes
+        for row in _run(recipe, minutes, train_dir, eval_dir, args.train_seed, args.tta)
     ]
     header = (
-        f"{'recipe':<10}{'budget':>8}{'wall':>8}{'epochs':>8}{'best':>6}"
+        f"{'recipe':<14}{'budget':>8}{'wall':>8}{'epochs':>8}{'best':>6}"
         f"{'heading median':>16}{'mean':>8}{'p90':>8}{'> 90°':>8}{'vertex/len':>12}"
     )
     print(f"{len(rows)} runs; train {train_dir}, held out {eval_dir} ({args.eval_count} chips)")
     print(header)
     for row in rows:
         print(
-            f"{row['recipe']:<10}{row['minutes']:>7g}m{row['wall_s'] / 60:>7.1f}m"
+            f"{row['recipe']:<14}{row['minutes']:>7g}m{row['wall_s'] / 60:>7.1f}m"
             f"{row['epochs']:>8}{row['best_epoch']!s:>6}{row['heading_median_deg']:>15.2f}°"
             f"{row['heading_mean_deg']:>7.1f}°{row['heading_p90_deg']:>7.1f}°"
             f"{row['share_over_90_deg']:>8.1%}{row['vertex_frac_median']:>12.1%}"
