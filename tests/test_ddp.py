@@ -135,10 +135,10 @@ def test_ddp_two_processes_one_run_exact_metrics_and_resume(
     # the same as a one-process validation of the saved checkpoint.
     rows = _val_rows(run / "metrics.csv")
     assert sorted(rows) == [0, 1]
-    best_epoch = min(rows, key=lambda epoch: (rows[epoch]["val/heading_error_deg"], epoch))
+    best_epoch = min(rows, key=lambda epoch: (rows[epoch]["val/loss"], epoch))
     checkpoint = torch.load(best[0], map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == best_epoch  # chosen on the reduced metric
-    assert f"heading_deg={rows[best_epoch]['val/heading_error_deg']:.2f}.ckpt" in best[0].name
+    assert f"val_loss={rows[best_epoch]['val/loss']:.2f}.ckpt" in best[0].name
     expected = _validate_one_process(best[0], data_dir)
     logged = rows[best_epoch]
     assert set(expected) <= set(logged)

@@ -27,7 +27,7 @@ from wakemodel.train import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BEST_NAME = re.compile(r"wake-epoch=\d{3}-heading_deg=\d+\.\d{2}\.ckpt")
+BEST_NAME = re.compile(r"wake-epoch=\d{3}-val_loss=\d+\.\d{2}\.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_run_folder_holds_config_metrics_and_checkpoints(
     assert result.best_checkpoint is not None
     assert BEST_NAME.fullmatch(result.best_checkpoint.name)
     assert result.best_epoch == 0
-    assert f"{result.best_metrics['val/heading_error_deg']:.2f}" in result.best_checkpoint.name
+    assert f"{result.best_metrics['val/loss']:.2f}" in result.best_checkpoint.name
     assert {"val/vertex_error_px", "val/heading_error_deg", "val/pck@0.05"} <= set(
         result.best_metrics
     )

@@ -403,30 +403,33 @@ def mode_window(heatmap_logits: Tensor, radius_cells: int) -> Tensor:
 def decode_heatmaps(
     heatmap_logits: Tensor, radius_cells: int = DECODE_RADIUS_CELLS
 ) -> tuple[Tensor, Tensor]:
-    """Keypoints read around each heatmap's mode, and each whole heatmap's spread.
+    """Keypoints read around each heatmap's mode, and the heatmap's spread about them.
 
     The whole-heatmap soft-argmax (:func:`soft_argmax_with_spread`, what training
     optimises) is the mean of the heatmap's mass: mass smeared along a fading
     wake arm pulls an end towards the vertex, and mass split between two
     candidates puts the keypoint between them, where no wake is. The soft-argmax
     over a window around the highest cell keeps the sub-cell precision of
-    integral regression at the peak. The spread stays that of the whole heatmap,
-    so a split or smeared heatmap still says it is unsure.
+    integral regression at the peak. The spread is the root-mean-square distance
+    of the whole heatmap's mass from that keypoint (its std about its own mean,
+    plus the distance of that mean from the keypoint): what the keypoint's error
+    would be if the truth lay where the heatmap puts its mass. A split, smeared
+    or flat heatmap (no wake to see) still says it is unsure.
 
     Args:
         heatmap_logits: ``[B, K, H, W]`` logits.
         radius_cells: Window half-width in cells; 0 reads the whole heatmap.
 
     Returns:
-        ``[B, K, 2]`` normalised (x, y) in [0, 1] and ``[B, K, 2]`` std of the whole
-        heatmap's x and y, normalised.
+        ``[B, K, 2]`` normalised (x, y) in [0, 1] and ``[B, K, 2]`` root-mean-square
+        x and y distance of the heatmap's mass from them, normalised.
     """
-    keypoints, spread = soft_argmax_with_spread(heatmap_logits)
+    mean, spread = soft_argmax_with_spread(heatmap_logits)
     if radius_cells <= 0:
-        return keypoints, spread
+        return mean, spread
     window = mode_window(heatmap_logits, radius_cells)
-    windowed = heatmap_logits.masked_fill(~window, float("-inf"))
-    return soft_argmax_with_spread(windowed)[0], spread
+    keypoints = soft_argmax_with_spread(heatmap_logits.masked_fill(~window, float("-inf")))[0]
+    return keypoints, torch.sqrt(spread**2 + (mean - keypoints) ** 2)
 
 
 DETECTOR_PREFIX = "detector."

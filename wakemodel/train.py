@@ -12,9 +12,9 @@ holds everything it writes (see ``checkpoints/README.md``):
   With ``--logger wandb`` also ``wandb/``: without an API key W&B runs
   offline (sync later with ``wandb sync RUN/wandb/offline-run-*``); it never
   prompts.
-- ``checkpoints/wake-epoch=012-heading_deg=3.21.ckpt``: the best checkpoint by
+- ``checkpoints/wake-epoch=012-val_loss=1.21.ckpt``: the best checkpoint by
   :attr:`WakeKeypointModule.monitor <wakemodel.model.WakeKeypointModule.monitor>`
-  (the median validation heading error in degrees, lower is better), and
+  (the mean validation loss per chip, lower is better), and
   ``checkpoints/last.ckpt`` after every epoch, for ``--resume``; both written
   atomically. ``--checkpoint-dir`` puts them elsewhere. Every
   checkpoint carries the module's hyperparameters (``image_size`` ...) and
@@ -109,7 +109,7 @@ class TrainResult:
         best_checkpoint: Best checkpoint by the module's monitored metric
             (``val/vertex_error_px``); ``None`` when none was written (``fast_dev_run``).
         last_checkpoint: ``last.ckpt`` of this run; ``None`` when none was written.
-        best_epoch: 0-based epoch of the best validation heading error; ``None``
+        best_epoch: 0-based epoch of the lowest validation loss; ``None``
             when no validation ran.
         best_metrics: Validation metrics of the best epoch (``val/vertex_error_px``
             in pixels, ``val/heading_error_deg`` in degrees, ...).
@@ -555,8 +555,8 @@ def _check_resume(path: Path, image_size: int) -> Path | None:
 def checkpoint_filename(monitor: str) -> str:
     """Best-checkpoint name pattern for ``monitor`` (``.ckpt`` is appended).
 
-    E.g. ``wake-epoch={epoch:03d}-heading_deg={val/heading_error_deg:.2f}`` gives
-    ``wake-epoch=012-heading_deg=3.21.ckpt``.
+    E.g. ``wake-epoch={epoch:03d}-val_loss={val/loss:.2f}`` gives
+    ``wake-epoch=012-val_loss=1.21.ckpt``.
     """
     short = WakeProgressBar.DISPLAYED.get(monitor, monitor.rsplit("/", 1)[-1])
     return f"wake-epoch={{epoch:03d}}-{short}={{{monitor}:.2f}}"
