@@ -8,8 +8,9 @@ pyramid), which keeps the spatial layout that global pooling would discard and
 learns far faster than a fully connected regressor. Training reads each
 heatmap whole; predictions read it in a small window around its highest cell
 (:func:`decode_heatmaps`), so mass elsewhere on the heatmap (along a fading
-arm, on a second candidate) does not pull the keypoint off its peak. The grey ImageNet normalisation
-lives inside the network (buffers), so checkpoints and ONNX exports carry it.
+arm, on a second candidate) does not pull the keypoint off its peak. The grey
+ImageNet normalisation lives inside the network (buffers), so checkpoints and
+ONNX exports carry it.
 
 The training wrapper is :class:`wakemodel.model.WakeKeypointModule` (Lightning);
 this module does not import Lightning, so loading a checkpoint for inference

@@ -107,7 +107,7 @@ class TrainResult:
 
     Attributes:
         best_checkpoint: Best checkpoint by the module's monitored metric
-            (``val/vertex_error_px``); ``None`` when none was written (``fast_dev_run``).
+            (``val/loss``); ``None`` when none was written (``fast_dev_run``).
         last_checkpoint: ``last.ckpt`` of this run; ``None`` when none was written.
         best_epoch: 0-based epoch of the lowest validation loss; ``None``
             when no validation ran.
