@@ -125,6 +125,7 @@ def _cli_seconds(model: Path, chip: Path) -> float:
             str(chip),
             "--accelerator",
             "cpu",
+            "--no-tta",
         ],
         check=True,
         capture_output=True,
@@ -153,11 +154,14 @@ exec, unlike ``ru_maxrss``, which Linux carries over from the forking parent).""
 
 
 def _measure_cli(cli_args: list[str], prefetch: bool = True) -> dict[str, float]:
-    """Run ``python cli.py CLI_ARGS`` in a fresh process: wall s, peak RSS MB, torch loaded."""
+    """Run ``python cli.py CLI_ARGS --no-tta`` in a fresh process: wall s, peak RSS MB, torch.
+
+    One view per chip (``--no-tta``), as the figures in ``benchmarks/README.md`` were measured.
+    """
     env = {**os.environ, "BENCH_PREFETCH": "1" if prefetch else "0"}
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-c", _MEMORY_CHILD, *cli_args],
+        [sys.executable, "-c", _MEMORY_CHILD, *cli_args, "--no-tta"],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -386,10 +390,14 @@ def main() -> None:
             batch_s[name].append(_timed(predictor, batch))
 
     chip_paths = find_images([chips_dir / "imgs"])
-    reference_px = np.stack([p.keypoints_px for p in predict(torch_predictor, chip_paths)])
+    reference_px = np.stack(
+        [p.keypoints_px for p in predict(torch_predictor, chip_paths, tta=False)]
+    )
     agreement_px = {"torch_fp32": 0.0}
     for name in models:
-        keypoints_px = np.stack([p.keypoints_px for p in predict(predictors[name], chip_paths)])
+        keypoints_px = np.stack(
+            [p.keypoints_px for p in predict(predictors[name], chip_paths, tta=False)]
+        )
         agreement_px[name] = float(np.abs(keypoints_px - reference_px).max())
 
     cli_s: dict[str, list[float]] = {"torch_fp32": [], "onnx_fp32": []}

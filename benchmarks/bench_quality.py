@@ -8,22 +8,24 @@ run ever trained on. The recipes (:data:`RECIPES`) are ``train --max-time`` with
 - ``cut``: the schedule planned for ``--epochs`` and cut by Lightning wherever the
   learning rate is when the time is up (the first way);
 - ``fitted``: the schedule fitted to the budget (:class:`wakemodel.budget.TimeBudget`),
-  visibility from pooled features only, no weight averaging (the recipe before
-  issue 11's second part);
-- ``new``: today's defaults of ``train``;
+  visibility from pooled features only, no weight averaging, batch 16 (the recipe
+  before issue 11's second part);
+- ``new``: today's defaults of ``train`` (batch 8);
+- ``b16``: today's defaults with the previous default batch of 16 chips;
 - ablations of ``new``, one change each: ``new-ema`` (no weight averaging),
   ``new-kpvis`` (no per-keypoint visibility), ``new+copy`` (both end slots of
   one-end chips trained onto their end), ``new+axis`` (the wake-axis loss on).
 
 Every recipe selects its best checkpoint and reads its keypoints today's way (by the
-median validation heading error; in a window around each heatmap's mode, see
+validation loss; in a window around each heatmap's mode, see
 ``bench_decode.py``): those are not training settings.
 
 For each budget (``--minutes``, default 5 10 15) and recipe it prints the heading
 error's median, mean and p90 (degrees), the share of chips more than 90 degrees
 off, the median vertex error as a fraction of the wake length, and the epochs
-run. The best checkpoint by validation (what ``train`` reports) is evaluated, and with
-``--tta`` also with the 8 test-time views (``evaluate --tta``), in a row of its own.
+run. The best checkpoint by validation (what ``train`` reports) is evaluated with one
+view (``evaluate --no-tta``), and with ``--tta`` also with the 8 test-time views (what
+``evaluate`` does by default), in a row of its own.
 
 Usage (from the repository root; about the sum of the budgets times the recipes)::
 
@@ -46,13 +48,19 @@ from wakemodel.evaluate import evaluate
 from wakemodel.synthetic import generate_dataset
 from wakemodel.train import TrainConfig, train
 
-BEFORE = {"ema_decay": 0.0, "keypoint_visibility": False, "copy_single_end": False}
-"""The model settings before issue 11's second part."""
+BEFORE = {
+    "ema_decay": 0.0,
+    "keypoint_visibility": False,
+    "copy_single_end": False,
+    "batch_size": 16,
+}
+"""The training settings before issue 11's second part."""
 
 RECIPES: dict[str, dict[str, Any]] = {
     "cut": {"fit_schedule_to_time": False, **BEFORE},
     "fitted": BEFORE,
     "new": {},
+    "b16": {"batch_size": 16},
     "new-ema": {"ema_decay": 0.0},
     "new-kpvis": {"keypoint_visibility": False},
     "new+copy": {"copy_single_end": True},

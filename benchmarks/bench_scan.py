@@ -216,7 +216,7 @@ def main() -> None:
                 str(args.chip_seed),
             ]
         )
-    report = evaluate(str(model), chips)
+    report = evaluate(str(model), chips, tta=False)
     errors = report.errors["heading_error_deg"]
     found = np.array([prediction.wake_found for prediction in report.predictions])
     chip_stats = _heading_stats([e for e, f in zip(errors, found, strict=True) if f])

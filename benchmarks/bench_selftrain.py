@@ -116,7 +116,7 @@ def _images_only(dataset: Path, folder: Path) -> Path:
 
 def _held_out(checkpoint: Path, heldout: Path) -> dict[str, float]:
     """Held-out errors of a checkpoint (single view)."""
-    report = evaluate(checkpoint, heldout, accelerator="cpu", batch_size=32)
+    report = evaluate(checkpoint, heldout, accelerator="cpu", batch_size=32, tta=False)
     heading = report.errors["heading_error_deg"]
     return {
         "heading_median_deg": float(np.nanmedian(heading)),

@@ -68,7 +68,7 @@ def _expected(width: int, height: int) -> dict[str, float]:
 
 
 def test_known_errors(known_dataset: Path) -> None:
-    report = evaluate(ShiftedTruthPredictor(), known_dataset, batch_size=3)
+    report = evaluate(ShiftedTruthPredictor(), known_dataset, batch_size=3, tta=False)
     assert report.names == [f"chip{i}.png" for i in range(len(CHIP_SIZES))]
     for key in report.errors:
         expected = [_expected(w, h)[key] for w, h in CHIP_SIZES]
@@ -84,7 +84,7 @@ def test_known_errors(known_dataset: Path) -> None:
 
 
 def test_limit_and_gsd(known_dataset: Path) -> None:
-    report = evaluate(ShiftedTruthPredictor(), known_dataset, gsd_m=20.0, limit=2)
+    report = evaluate(ShiftedTruthPredictor(), known_dataset, gsd_m=20.0, limit=2, tta=False)
     assert report.summary["count"] == 2
     np.testing.assert_allclose(report.errors["vertex_error_m"], [200.0, 400.0], rtol=1e-4)
 
@@ -104,7 +104,7 @@ def test_summarize_ignores_nan_and_counts_it_outside() -> None:
 
 
 def test_report_json_and_table(known_dataset: Path) -> None:
-    report = evaluate(ShiftedTruthPredictor(), known_dataset)
+    report = evaluate(ShiftedTruthPredictor(), known_dataset, tta=False)
     document = json.loads(json.dumps(report.to_dict()))
     assert document["published"] == {
         "vertex_error_frac_below": PUBLISHED_VERTEX_ERROR_FRAC,
@@ -134,7 +134,7 @@ def test_chips_without_a_wake_are_scored_not_counted_as_errors(
         flat = Image.fromarray(np.full((60, 60), 90, np.uint8))
         flat.save(known_dataset / "imgs" / f"{name}.png")
         (known_dataset / "annotations" / f"{name}.json").write_text('{"tooltips": []}')
-    report = evaluate(TexturePredictor(), known_dataset)
+    report = evaluate(TexturePredictor(), known_dataset, tta=False)
     summary = report.summary
     assert (summary["count"], summary["wakes"], summary["no_wake"]) == (6, 4, 2)
     assert np.isnan(report.errors["heading_error_deg"][4:]).all()
@@ -168,7 +168,7 @@ def test_empty_dataset_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     (tmp_path / "annotations").mkdir()
     with pytest.raises(WakeModelError):
-        evaluate(ShiftedTruthPredictor(), tmp_path)
+        evaluate(ShiftedTruthPredictor(), tmp_path, tta=False)
 
 
 def test_find_training_log(tmp_path: Path) -> None:
@@ -247,7 +247,7 @@ def test_plot_worst_chips_orders_by_heading_error(
         return Path(path)
 
     monkeypatch.setattr(wakemodel.plots, "plot_prediction_grid", capture)
-    report = evaluate(ShiftedTruthPredictor(), known_dataset)
+    report = evaluate(ShiftedTruthPredictor(), known_dataset, tta=False)
     report.plot_predictions(tmp_path / "worst.png", count=3, worst=True)
     # Heading errors: chip1 26.6°, chip0 14.0°, chip2 7.1°, chip3 2.9° (see _expected).
     assert shown["names"] == ["chip1", "chip0", "chip2"]

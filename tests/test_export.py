@@ -34,7 +34,9 @@ def onnx_models(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def torch_keypoints_px(tiny_checkpoint: Path, synthetic_dir: Path) -> np.ndarray:
-    predictions = predict(tiny_checkpoint, find_images([synthetic_dir / "imgs"]), accelerator="cpu")
+    predictions = predict(
+        tiny_checkpoint, find_images([synthetic_dir / "imgs"]), accelerator="cpu", tta=False
+    )
     return np.stack([p.keypoints_px for p in predictions])
 
 
@@ -52,7 +54,7 @@ def test_onnx_reproduces_torch_keypoints_in_original_pixels(
     precision: str,
     tolerance_px: float,
 ) -> None:
-    predictions = predict(onnx_models[precision], find_images([synthetic_dir / "imgs"]))
+    predictions = predict(onnx_models[precision], find_images([synthetic_dir / "imgs"]), tta=False)
     onnx_keypoints_px = np.stack([p.keypoints_px for p in predictions])
     assert onnx_keypoints_px.shape == torch_keypoints_px.shape == (24, 3, 2)
     error_px = np.abs(onnx_keypoints_px - torch_keypoints_px).max()
@@ -139,14 +141,14 @@ def _run_cli_without_torch(args: list[str]) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("extra", [[], ["--tta"]])
+@pytest.mark.parametrize(("extra", "tta"), [([], True), (["--no-tta"], False)])
 def test_onnx_infer_cli_runs_without_torch(
-    onnx_models: dict[str, Path], synthetic_dir: Path, extra: list[str]
+    onnx_models: dict[str, Path], synthetic_dir: Path, extra: list[str], tta: bool
 ) -> None:
     image = find_images([synthetic_dir / "imgs"])[0]
     args = ["infer", str(onnx_models["fp32"]), str(image), "--json", "-", *extra]
     document = json.loads(_run_cli_without_torch(args))
-    assert document["tta"] is bool(extra)
+    assert document["tta"] is tta
     keypoints = document["predictions"][0]["keypoints"]
     assert [point["name"] for point in keypoints] == ["vertex", "end_1", "end_2"]
 

@@ -127,7 +127,7 @@ def test_keypoints_scale_with_chip_size() -> None:
     rng = np.random.default_rng(0)
     chip = rng.uniform(0, 255, size=(30, 40)).astype(np.float32)
     doubled = np.repeat(np.repeat(chip, 2, axis=0), 2, axis=1)
-    small, large = predict(FixedPredictor(), [chip, doubled])
+    small, large = predict(FixedPredictor(), [chip, doubled], tta=False)
     assert (small.width, small.height, large.width, large.height) == (40, 30, 80, 60)
     np.testing.assert_allclose(small.keypoints_px, FIXED_KEYPOINTS * [40, 30])
     np.testing.assert_allclose(large.keypoints_px, 2 * small.keypoints_px)
@@ -152,7 +152,9 @@ def test_real_model_keypoints_scale_with_chip_size(
 
 
 def test_heading_and_visibility_rules() -> None:
-    (prediction,) = predict(FixedPredictor(visibility=(0.2, 0.1, 0.3)), [np.ones((40, 40))])
+    (prediction,) = predict(
+        FixedPredictor(visibility=(0.2, 0.1, 0.3)), [np.ones((40, 40))], tta=False
+    )
     assert prediction.visible.tolist() == [True, False, True]
     vertex, end = prediction.keypoints_px[0], prediction.keypoints_px[2]
     dx, dy = vertex - end
@@ -161,7 +163,7 @@ def test_heading_and_visibility_rules() -> None:
 
 
 def test_to_dict_schema_is_json_ready() -> None:
-    (prediction,) = predict(FixedPredictor(), [np.ones((30, 40))], gsd_m=20.0)
+    (prediction,) = predict(FixedPredictor(), [np.ones((30, 40))], gsd_m=20.0, tta=False)
     document = json.loads(json.dumps(prediction.to_dict()))
     assert set(document) == {
         "source",
@@ -262,12 +264,12 @@ def test_predict_reads_files_and_rejects_bad_arrays(tmp_path: Path) -> None:
     rgba[..., 3] = 255
     path = _write_png(tmp_path / "rgba.png", rgba)
     sixteen = _write_png(tmp_path / "grey16.png", np.full((24, 12), 40000, dtype=np.uint16))
-    predictions = predict(FixedPredictor(), [path, sixteen])
+    predictions = predict(FixedPredictor(), [path, sixteen], tta=False)
     assert [(p.width, p.height) for p in predictions] == [(50, 20), (12, 24)]
     with pytest.raises(ValueError, match="2-D"):
-        predict(FixedPredictor(), [np.zeros((4, 4, 3))])
+        predict(FixedPredictor(), [np.zeros((4, 4, 3))], tta=False)
     with pytest.raises(WakeModelError, match=r"missing\.png"):
-        predict(FixedPredictor(), [tmp_path / "missing.png"])
+        predict(FixedPredictor(), [tmp_path / "missing.png"], tta=False)
 
 
 def test_load_model_errors(tmp_path: Path) -> None:
@@ -430,7 +432,7 @@ def test_run_on_arrays_notes_and_plots(tmp_path: Path) -> None:
     from wakemodel.infer import run
 
     chips = [np.ones((30, 40)), np.ones((20, 20))]
-    report = run(FixedPredictor(), chips, gsd_m=20.0)
+    report = run(FixedPredictor(), chips, gsd_m=20.0, tta=False)
     assert report.model == "FixedPredictor" and report.tta is False
     assert [p.geo_note for p in report.predictions] == [
         "an in-memory array has no georeferencing."
@@ -445,7 +447,7 @@ def test_run_on_arrays_notes_and_plots(tmp_path: Path) -> None:
     with pytest.raises(WakeModelError, match="--plot"):
         report.save_plots(tmp_path / "one.png")
     with pytest.raises(WakeModelError, match="could be read"):
-        run(FixedPredictor(), [tmp_path / "absent.png"], on_unreadable=lambda *_: None)
+        run(FixedPredictor(), [tmp_path / "absent.png"], on_unreadable=lambda *_: None, tta=False)
 
 
 def test_plain_png_inference_imports_no_geo_or_torch(tmp_path: Path) -> None:
@@ -510,14 +512,14 @@ class SpreadPredictor(FixedPredictor):
 
 
 def test_prediction_uncertainty_in_pixels_and_degrees() -> None:
-    (prediction,) = predict(SpreadPredictor(0.01), [np.ones((40, 40))])
+    (prediction,) = predict(SpreadPredictor(0.01), [np.ones((40, 40))], tta=False)
     assert prediction.vertex_std_px == pytest.approx(0.4)  # 1 % of a 40 px chip, both axes
     keypoints_px = FIXED_KEYPOINTS * 40
     expected = kp.heading_std_deg(
         keypoints_px[None], np.full((1, 3, 2), 0.4), prediction.visible[None]
     )[0]
     assert prediction.heading_std_deg == pytest.approx(expected)
-    wider = predict(SpreadPredictor(0.02), [np.ones((40, 40))])[0]
+    wider = predict(SpreadPredictor(0.02), [np.ones((40, 40))], tta=False)[0]
     assert wider.heading_std_deg == pytest.approx(2 * prediction.heading_std_deg)
 
 
@@ -541,10 +543,12 @@ def test_tta_std_adds_the_disagreement_of_the_views() -> None:
 
 def test_low_wake_score_is_no_readable_wake(tmp_path: Path) -> None:
     chips = [np.ones((30, 40))]
-    (kept,) = predict(SpreadPredictor(0.01, visibility=(0.6, 0.8, 0.3)), chips)
-    (rejected,) = predict(SpreadPredictor(0.01, visibility=(0.2, 0.8, 0.3)), chips)
+    (kept,) = predict(SpreadPredictor(0.01, visibility=(0.6, 0.8, 0.3)), chips, tta=False)
+    (rejected,) = predict(SpreadPredictor(0.01, visibility=(0.2, 0.8, 0.3)), chips, tta=False)
     assert kept.wake_found and not rejected.wake_found
-    strict = predict(SpreadPredictor(0.01, visibility=(0.6, 0.8, 0.3)), chips, min_wake_score=0.7)
+    strict = predict(
+        SpreadPredictor(0.01, visibility=(0.6, 0.8, 0.3)), chips, min_wake_score=0.7, tta=False
+    )
     assert not strict[0].wake_found
     document = rejected.to_dict()
     # The JSON keeps the raw values with the flag; the table gives no heading.
@@ -555,7 +559,7 @@ def test_low_wake_score_is_no_readable_wake(tmp_path: Path) -> None:
     assert "no readable wake" in rejected_row and "°" not in rejected_row
     assert "no readable wake" not in kept_row and "° ±" in kept_row
     with pytest.raises(InputError, match="min_wake_score"):
-        predict(FixedPredictor(), chips, min_wake_score=1.5)
+        predict(FixedPredictor(), chips, min_wake_score=1.5, tta=False)
 
 
 def test_cli_min_wake_score_out_of_range(tiny_checkpoint: Path, synthetic_dir: Path) -> None:

@@ -50,7 +50,9 @@ def test_progress_counts_increase_to_the_total(
     monkeypatch.setattr(wakemodel.infer, "PREFETCH", prefetch)
     calls: list[tuple[int, int]] = []
     predictor = RecordingPredictor()
-    predictions = predict(predictor, _chips(10), batch_size=4, progress=lambda *a: calls.append(a))
+    predictions = predict(
+        predictor, _chips(10), batch_size=4, tta=False, progress=lambda *a: calls.append(a)
+    )
     assert calls == [(4, 10), (8, 10), (10, 10)]
     assert predictor.batch_sizes == [4, 4, 2]
     assert [p.height for p in predictions] == [20 + i for i in range(10)]
@@ -68,6 +70,7 @@ def test_unreadable_chips_count_towards_progress(tmp_path: Path) -> None:
         predictor,
         [good, bad, good, bad, good],
         batch_size=2,
+        tta=False,
         on_unreadable=lambda source, error: skipped.append(source),
         progress=lambda *a: calls.append(a),
     )
@@ -89,7 +92,7 @@ def test_iter_predictions_streams_batch_by_batch(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(preprocess, "preprocess_image", counting)
     predictor = RecordingPredictor()
-    stream = iter_predictions(predictor, _chips(40), batch_size=5)
+    stream = iter_predictions(predictor, _chips(40), batch_size=5, tta=False)
     assert reads == [] and predictor.batch_sizes == []  # nothing is read before iterating
     first = next(stream)
     assert first.height == 20
@@ -110,9 +113,9 @@ def test_prefetch_gives_the_same_predictions(monkeypatch: pytest.MonkeyPatch) ->
             keypoints = mean + np.array([[0.0, 0.0], [0.3, 0.1], [0.1, 0.3]])
             return keypoints, np.full((len(images), 3), 0.9)
 
-    with_prefetch = predict(MeanPredictor(), chips, batch_size=2)
+    with_prefetch = predict(MeanPredictor(), chips, batch_size=2, tta=False)
     monkeypatch.setattr(wakemodel.infer, "PREFETCH", False)
-    without = predict(MeanPredictor(), chips, batch_size=2)
+    without = predict(MeanPredictor(), chips, batch_size=2, tta=False)
     for a, b in zip(with_prefetch, without, strict=True):
         np.testing.assert_array_equal(a.keypoints_px, b.keypoints_px)
 
@@ -120,7 +123,9 @@ def test_prefetch_gives_the_same_predictions(monkeypatch: pytest.MonkeyPatch) ->
 def test_unreadable_image_raises_from_the_prefetch_thread(tmp_path: Path) -> None:
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    stream = iter_predictions(RecordingPredictor(), [*_chips(3), bad, *_chips(2)], batch_size=2)
+    stream = iter_predictions(
+        RecordingPredictor(), [*_chips(3), bad, *_chips(2)], batch_size=2, tta=False
+    )
     assert len([next(stream), next(stream)]) == 2  # the first batch comes out
     with pytest.raises(WakeModelError, match=r"bad\.png"):
         list(stream)
@@ -270,7 +275,7 @@ def test_cli_two_cpu_devices_give_the_same_predictions_in_order(
     folder = tmp_path / "chips"
     shutil.copytree(synthetic_dir / "imgs", folder)
     (folder / "synth_000005b.png").write_text("not an image")  # skipped, in both
-    common = ["infer", str(tiny_checkpoint), str(folder), "--accelerator", "cpu"]
+    common = ["infer", str(tiny_checkpoint), str(folder), "--accelerator", "cpu", "--no-tta"]
     one, one_err = _cli_json(*common, "--batch-size", "4")
     two, two_err = _cli_json(*common, "--batch-size", "4", "--devices", "2")
     sources = [p["source"] for p in two["predictions"]]

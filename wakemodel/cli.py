@@ -25,6 +25,7 @@ from wakemodel.download import API_URL
 from wakemodel.errors import WakeModelError, first_line
 from wakemodel.metrics import DEFAULT_GSD_M
 from wakemodel.selftrain import Reward, SelfTrainConfig
+from wakemodel.tta import DEFAULT_TTA
 
 ACCELERATOR_CHOICES = list(ACCELERATORS)
 
@@ -82,9 +83,11 @@ def _model_options(
             help="Chips per network call.",
         ),
         click.option(
-            "--tta",
-            is_flag=True,
-            help="Combine predictions over the 8 flips/rotations of the input (median keypoints).",
+            "--tta/--no-tta",
+            default=DEFAULT_TTA,
+            show_default=True,
+            help="Combine predictions over the 8 flips/rotations of the input (median "
+            "keypoints; 8x the network time, fewer large heading errors).",
         ),
         click.option(
             "--gsd",

@@ -79,6 +79,13 @@ class ModelDefaults:
 MODEL_DEFAULTS = ModelDefaults()
 """The defaults every layer (CLI, :class:`TrainConfig`, module, network) reads."""
 
+TRAIN_BATCH_SIZE = 8
+"""Training chips per batch (per device). Twice the optimizer steps of batch 16 per epoch, and
+on a 2-core CPU each chip also costs less (36-40 s an epoch of 480 chips at 224 px against
+47-56 s): in a 15-minute CPU budget 1260 steps against 510, and a median held-out heading error
+of 1.5° against 11.8° (``benchmarks/README.md``). On a GPU raise it (``--batch-size``,
+``--auto-batch-size``) and the learning rate with it."""
+
 DEMO_EPOCHS = 20
 """Training epochs of the demo (7 to 11 minutes on a 2-core CPU at ``DEMO_IMAGE_SIZE``)."""
 
@@ -152,7 +159,9 @@ class TrainConfig:
         default=MODEL_DEFAULTS.epochs,
         metadata=_cli("Training epochs (also the learning-rate schedule length).", min=1),
     )
-    batch_size: int = field(default=16, metadata=_cli("Chips per batch (per device).", min=1))
+    batch_size: int = field(
+        default=TRAIN_BATCH_SIZE, metadata=_cli("Chips per batch (per device).", min=1)
+    )
     image_size: int = field(
         default=MODEL_DEFAULTS.image_size,
         metadata=_cli("Network input side in pixels (chips are resized to S x S).", min=32),

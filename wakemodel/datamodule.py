@@ -21,7 +21,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler
 
 from wakemodel.augment import BatchWakeAugmentation, WakeAugmentation
-from wakemodel.config import AugmentPlace
+from wakemodel.config import TRAIN_BATCH_SIZE, AugmentPlace
 from wakemodel.data import Augmentation, WakeDataset, _default_num_workers
 from wakemodel.errors import InputError
 from wakemodel.records import (
@@ -150,7 +150,7 @@ class WakeDataModule(pl.LightningDataModule):
         self,
         data_dir: str | os.PathLike[str],
         image_size: int = 224,
-        batch_size: int = 16,
+        batch_size: int = TRAIN_BATCH_SIZE,
         num_workers: int | None = None,
         seed: int = 0,
         split: Sequence[float] = (0.8, 0.1, 0.1),

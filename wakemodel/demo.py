@@ -119,12 +119,12 @@ def run_demo(
         )
     )
     model_path = training.best_checkpoint or training.last_checkpoint
-    evaluation = evaluate(model_path, holdout_dir, accelerator=accelerator)
+    evaluation = evaluate(model_path, holdout_dir, accelerator=accelerator, tta=False)
     report_path = atomic_write_text(
         out_dir / "evaluation.json", json.dumps(evaluation.to_dict(), indent=2)
     )
     chip = sorted((holdout_dir / "imgs").iterdir())[0]
-    prediction = predict(model_path, [chip], accelerator=accelerator)[0]
+    prediction = predict(model_path, [chip], accelerator=accelerator, tta=False)[0]
     figures = [
         plot_prediction(read_image(chip), prediction, out_dir / "prediction.png"),
         evaluation.plot_predictions(out_dir / "predictions.png"),

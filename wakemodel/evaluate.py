@@ -25,6 +25,7 @@ from wakemodel._io import json_float
 from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
 from wakemodel.infer import KeypointPredictor, Prediction, ProgressCallback, predict
 from wakemodel.metrics import DEFAULT_GSD_M
+from wakemodel.tta import DEFAULT_TTA
 
 if TYPE_CHECKING:
     import torch
@@ -301,7 +302,7 @@ def evaluate(
     data_dir: str | os.PathLike[str],
     *,
     batch_size: int = 16,
-    tta: bool = False,
+    tta: bool = DEFAULT_TTA,
     gsd_m: float = DEFAULT_GSD_M,
     accelerator: str = "auto",
     limit: int | None = None,

@@ -40,6 +40,7 @@ from wakemodel.keypoints import KEYPOINT_NAMES
 from wakemodel.metrics import DEFAULT_GSD_M
 from wakemodel.predictors import KeypointPredictor, Predictor, TorchPredictor, load_predictor
 from wakemodel.tta import (
+    DEFAULT_TTA,
     dihedral_transforms,
     predict_batch,
     transform_images,
@@ -298,7 +299,7 @@ def iter_predictions(
     images: Iterable[ImageInput],
     *,
     batch_size: int = 16,
-    tta: bool = False,
+    tta: bool = DEFAULT_TTA,
     gsd_m: float = DEFAULT_GSD_M,
     accelerator: str = "auto",
     min_wake_score: float = DEFAULT_MIN_WAKE_SCORE,
@@ -365,7 +366,7 @@ def predict(
     images: Iterable[ImageInput],
     *,
     batch_size: int = 16,
-    tta: bool = False,
+    tta: bool = DEFAULT_TTA,
     gsd_m: float = DEFAULT_GSD_M,
     accelerator: str = "auto",
     min_wake_score: float = DEFAULT_MIN_WAKE_SCORE,
@@ -778,7 +779,7 @@ def run(
     images: Iterable[ImageInput],
     *,
     batch_size: int = 16,
-    tta: bool = False,
+    tta: bool = DEFAULT_TTA,
     gsd_m: float = DEFAULT_GSD_M,
     accelerator: str = "auto",
     crs: str | None = None,

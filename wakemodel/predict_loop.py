@@ -46,7 +46,7 @@ from wakemodel.devices import available_cores, select_device
 from wakemodel.errors import InputError, WakeModelError, first_line
 from wakemodel.predictors import TorchPredictor, load_predictor
 from wakemodel.preprocess import ImageInput, read_chip
-from wakemodel.tta import predict_batch
+from wakemodel.tta import DEFAULT_TTA, predict_batch
 
 ProgressCallback = Callable[[int, int], None]
 """``progress(done, total)``, as :data:`wakemodel.infer.ProgressCallback`."""
@@ -270,7 +270,7 @@ def predict_on_devices(
     devices: int,
     accelerator: str = "auto",
     batch_size: int = 16,
-    tta: bool = False,
+    tta: bool = DEFAULT_TTA,
     progress: ProgressCallback | None = None,
     workers: int | None = None,
 ) -> dict[str, np.ndarray]:
