@@ -92,6 +92,9 @@ def run_demo(
         accelerator: Device (see :func:`wakemodel.devices.select_device`).
         max_size: Largest synthetic chip side (pixels); small chips keep it quick.
 
+    The held-out chips and the example chip are read with one view (``tta=False``) and the
+    batch stays 16, the settings the README's demo figures were measured with.
+
     Returns:
         The training run, the evaluation, one prediction and the figure paths.
     """

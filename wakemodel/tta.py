@@ -35,7 +35,8 @@ DEFAULT_TTA = True
 """Whether ``infer``, ``evaluate`` and their Python functions combine the 8 views by default.
 
 On the CPU-trained models of ``benchmarks/README.md`` the views' median cut the median heading
-error by 20-45 % and its p90 by 10-30 % for 8x the network time; ``--no-tta`` gives one view.
+error by 20-45 % and its p90 by up to a third (not at all on the weakest model) for 8x the
+network time; ``--no-tta`` gives one view.
 """
 
 
