@@ -83,8 +83,8 @@ TRAIN_BATCH_SIZE = 8
 """Training chips per batch (per device). Twice the optimizer steps of batch 16 per epoch, and
 on a 2-core CPU each chip also costs less (36-40 s an epoch of 480 chips at 224 px against
 47-56 s): in a 15-minute CPU budget 1260 steps against 510, and a median held-out heading error
-of 1.5° against 11.8° (one view; ``benchmarks/README.md``, "Batch size"). On a GPU raise it (``--batch-size``,
-``--auto-batch-size``) and the learning rate with it."""
+of 1.5° against 11.8° (one view; ``benchmarks/README.md``, "Batch size"). On a GPU raise it
+(``--batch-size``, ``--auto-batch-size``) and the learning rate with it."""
 
 DEMO_EPOCHS = 20
 """Training epochs of the demo (7 to 11 minutes on a 2-core CPU at ``DEMO_IMAGE_SIZE``)."""
