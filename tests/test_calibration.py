@@ -280,3 +280,37 @@ def test_plot_calibration_without_heading_data(tmp_path: Path) -> None:
     assert _png_size(out) == (1500, 450)
     with pytest.raises(InputError):
         plot_calibration([1.0], [1.0, 2.0], [0.5], [True], tmp_path / "bad.png")
+
+
+def test_8_view_calibration_is_stored_read_and_applied(
+    tiny_checkpoint: Path, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    """calibrate_tta writes the factor, load_predictor reads it and TTA std uses it."""
+    import shutil
+
+    import torch
+
+    from wakemodel.evaluate import evaluate_records
+    from wakemodel.predictors import TTA_STD_SCALE_KEY, load_predictor, tta_std_scale
+    from wakemodel.records import scan_dataset
+    from wakemodel.train import calibrate_tta
+
+    records = scan_dataset(synthetic_dir)
+    model = shutil.copy(tiny_checkpoint, tmp_path / "model.ckpt")
+    scale = calibrate_tta([model, model], records, "cpu")[Path(model)]
+    assert tta_std_scale(load_predictor(model, accelerator="cpu")) == pytest.approx(scale)
+
+    def run() -> tuple[np.ndarray, float]:
+        report = evaluate_records(model, records, tta=True, accelerator="cpu")
+        vertex_std_px = np.array([p.vertex_std_px for p in report.predictions])
+        return vertex_std_px, report.summary["calibration"]["interval_coverage"]
+
+    calibrated_std_px, coverage = run()
+    # Fitted on these chips: split-conformal, so at least the nominal 90 % is covered.
+    assert coverage >= 0.9
+    checkpoint = torch.load(model, weights_only=True)
+    checkpoint[TTA_STD_SCALE_KEY] = scale / 4.0
+    torch.save(checkpoint, model)
+    narrowed_std_px, narrowed_coverage = run()
+    np.testing.assert_allclose(narrowed_std_px, calibrated_std_px / 4.0, rtol=1e-5)
+    assert narrowed_coverage <= coverage

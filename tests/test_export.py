@@ -224,6 +224,17 @@ def test_onnx_predictor_metadata_and_contract(onnx_models: dict[str, Path]) -> N
     )
 
 
+def test_onnx_carries_the_8_view_calibration(
+    onnx_models: dict[str, Path], tiny_checkpoint: Path
+) -> None:
+    from wakemodel.predictors import OnnxPredictor, load_predictor, tta_std_scale
+
+    checkpoint = load_predictor(tiny_checkpoint, accelerator="cpu")
+    assert checkpoint.metadata["tta_std_scale"] is not None
+    for path in onnx_models.values():
+        assert tta_std_scale(OnnxPredictor(path)) == pytest.approx(tta_std_scale(checkpoint))
+
+
 def test_onnx_carries_the_training_chip_extent(
     onnx_models: dict[str, Path], tiny_checkpoint: Path
 ) -> None:

@@ -208,7 +208,10 @@ def test_run_folder_holds_config_metrics_and_checkpoints(
     assert checkpoint["hyper_parameters"]["visibility_weight"] == 0.7
     assert checkpoint["wakemodel_run_dir"] == str(run)
     stamped = {key for key in checkpoint if key.startswith("wakemodel_")}
-    assert stamped == {"wakemodel_run_dir", "wakemodel_chip_extent_m"}
+    assert stamped == {"wakemodel_run_dir", "wakemodel_chip_extent_m", "wakemodel_tta_std_scale"}
+    # The 8-view calibration is fitted after training, in both files.
+    assert checkpoint["wakemodel_tta_std_scale"] > 0.0
+    assert _load(result.last_checkpoint)["wakemodel_tta_std_scale"] > 0.0
     # The training chips' median extent in metres (chips of 64-128 px at 10 m).
     assert 640.0 <= checkpoint["wakemodel_chip_extent_m"] <= 1280.0
 

@@ -87,7 +87,7 @@ of 1.5° against 11.8° (one view; ``benchmarks/README.md``, "Batch size"). On a
 (``--batch-size``, ``--auto-batch-size``) and the learning rate with it."""
 
 DEMO_EPOCHS = 20
-"""Training epochs of the demo (7 to 11 minutes on a 2-core CPU at ``DEMO_IMAGE_SIZE``)."""
+"""Training epochs of the demo (about 7.5 minutes on a 2-core CPU at ``DEMO_IMAGE_SIZE``)."""
 
 DEMO_IMAGE_SIZE = 160
 """Network input side of the demo: the demo's chips (at most 480 px) are shrunk 3x at most,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wakemodel._io import atomic_write_text
-from wakemodel.config import DEMO_EPOCHS, DEMO_IMAGE_SIZE, MODEL_DEFAULTS
+from wakemodel.config import DEMO_EPOCHS, DEMO_IMAGE_SIZE, MODEL_DEFAULTS, TRAIN_BATCH_SIZE
 from wakemodel.evaluate import EvaluationReport, evaluate
 from wakemodel.infer import Prediction, predict
 from wakemodel.plots import plot_prediction, plot_training_history
@@ -69,7 +69,7 @@ def run_demo(
     epochs: int = DEMO_EPOCHS,
     lr: float = MODEL_DEFAULTS.lr,
     image_size: int = DEMO_IMAGE_SIZE,
-    batch_size: int = 16,
+    batch_size: int = TRAIN_BATCH_SIZE,
     seed: int = 0,
     accelerator: str = "cpu",
     max_size: int = 480,
@@ -92,8 +92,8 @@ def run_demo(
         accelerator: Device (see :func:`wakemodel.devices.select_device`).
         max_size: Largest synthetic chip side (pixels); small chips keep it quick.
 
-    The held-out chips and the example chip are read with one view (``tta=False``) and the
-    batch stays 16, the settings the README's demo figures were measured with.
+    The held-out chips and the example chip are read as ``infer`` and ``evaluate`` read
+    them by default: the 8 flips/rotations combined.
 
     Returns:
         The training run, the evaluation, one prediction and the figure paths.
@@ -122,12 +122,12 @@ def run_demo(
         )
     )
     model_path = training.best_checkpoint or training.last_checkpoint
-    evaluation = evaluate(model_path, holdout_dir, accelerator=accelerator, tta=False)
+    evaluation = evaluate(model_path, holdout_dir, accelerator=accelerator)
     report_path = atomic_write_text(
         out_dir / "evaluation.json", json.dumps(evaluation.to_dict(), indent=2)
     )
     chip = sorted((holdout_dir / "imgs").iterdir())[0]
-    prediction = predict(model_path, [chip], accelerator=accelerator, tta=False)[0]
+    prediction = predict(model_path, [chip], accelerator=accelerator)[0]
     figures = [
         plot_prediction(read_image(chip), prediction, out_dir / "prediction.png"),
         evaluation.plot_predictions(out_dir / "predictions.png"),

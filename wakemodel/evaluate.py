@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ from wakemodel._io import json_float
 from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
 from wakemodel.infer import KeypointPredictor, Prediction, ProgressCallback, predict
 from wakemodel.metrics import DEFAULT_GSD_M
+from wakemodel.predictors import tta_std_scale
+from wakemodel.records import WakeRecord
 from wakemodel.tta import DEFAULT_TTA
 
 if TYPE_CHECKING:
@@ -338,13 +341,57 @@ def evaluate(
         WakeModelError: The dataset is empty or unreadable, or the model cannot be loaded.
         InputError: ``devices`` is above 1 for an ONNX or in-memory model.
     """
-    from wakemodel import metrics
     from wakemodel.infer import _check_devices
     from wakemodel.records import scan_dataset
 
     _check_devices(model, devices)  # before the dataset scan: a bad option fails at once
     root = Path(data_dir)
-    records = scan_dataset(root)[:limit]
+    return evaluate_records(
+        model,
+        scan_dataset(root)[:limit],
+        data_dir=root,
+        batch_size=batch_size,
+        tta=tta,
+        gsd_m=gsd_m,
+        accelerator=accelerator,
+        min_wake_score=min_wake_score,
+        progress=progress,
+        devices=devices,
+    )
+
+
+def evaluate_records(
+    model: KeypointPredictor | torch.nn.Module | str | os.PathLike[str],
+    records: Sequence[WakeRecord],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 16,
+    tta: bool = DEFAULT_TTA,
+    gsd_m: float = DEFAULT_GSD_M,
+    accelerator: str = "auto",
+    min_wake_score: float = DEFAULT_MIN_WAKE_SCORE,
+    progress: ProgressCallback | None = None,
+    devices: int = 1,
+) -> EvaluationReport:
+    """:func:`evaluate` on annotated chips already scanned (a split, a subset).
+
+    Args:
+        model: As in :func:`evaluate`.
+        records: The chips (:func:`wakemodel.records.scan_dataset`), at least one.
+        data_dir: Folder named in the report; default: the first chip's dataset root.
+        batch_size: Chips per network call.
+        tta: Combine predictions over the 8 dihedral transforms.
+        gsd_m: Ground sampling distance (metres per pixel).
+        accelerator: Device choice when ``model`` is a path.
+        min_wake_score: Wake-score threshold (as in :func:`evaluate`).
+        progress: Called as ``progress(done, total)`` after each batch of chips.
+        devices: Devices for a ``.ckpt`` model (as in :func:`evaluate`).
+
+    Returns:
+        The per-sample errors and their summary, in the order of ``records``.
+    """
+    from wakemodel import metrics
+
     predictions = predict(
         model,
         [record.image_path for record in records],
@@ -371,7 +418,7 @@ def evaluate(
     )
     errors = {key: np.asarray(per_sample[key], dtype=np.float64) for key in METRIC_NAMES}
     report = EvaluationReport(
-        data_dir=root,
+        data_dir=Path(data_dir) if data_dir is not None else records[0].image_path.parent.parent,
         names=[record.image_path.name for record in records],
         errors=errors,
         summary=summarize(errors, target_visible[:, 0]),
@@ -389,6 +436,39 @@ def evaluate(
         min_wake_score=min_wake_score,
     )
     return report
+
+
+def fit_tta_std_scale(
+    model: KeypointPredictor | torch.nn.Module | str | os.PathLike[str],
+    records: Sequence[WakeRecord],
+    *,
+    batch_size: int = 16,
+    accelerator: str = "auto",
+) -> float:
+    """The 8-view calibration factor of a model, fitted on annotated chips (a validation split).
+
+    The model predicts ``records`` with its 8 views combined; the factor makes
+    the 90 % heading intervals of the combined std hold at least 90 % of those
+    chips' heading errors (:func:`wakemodel.calibration.fit_std_scale`). The std
+    is taken before the model's current factor (exact below the
+    :data:`~wakemodel.keypoints.HEADING_STD_MAX_DEG` cap).
+
+    Args:
+        model: As in :func:`evaluate`.
+        records: Annotated chips the model did not train on.
+        batch_size: Chips per network call.
+        accelerator: Device choice when ``model`` is a path.
+
+    Returns:
+        The factor (1.0 with fewer than 3 chips with a readable heading), for
+        :data:`wakemodel.predictors.TTA_STD_SCALE_KEY`.
+    """
+    from wakemodel.infer import as_predictor
+
+    predictor = as_predictor(model, accelerator)
+    report = evaluate_records(predictor, records, batch_size=batch_size, tta=True)
+    raw_std_deg = report.heading_std_deg / tta_std_scale(predictor)
+    return calibration.fit_std_scale(report.errors["heading_error_deg"], raw_std_deg)
 
 
 def find_training_log(checkpoint: str | os.PathLike[str]) -> Path | None:

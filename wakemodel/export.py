@@ -69,15 +69,21 @@ OnnxKeypointPredictor = OnnxPredictor
 """The ONNX Runtime backend (:class:`wakemodel.predictors.OnnxPredictor`), by its old name."""
 
 
-def _metadata(
-    image_size: int, precision: str, source: Path, chip_extent_m: float | None
-) -> dict[str, str]:
+def _metadata(predictor: TorchPredictor, precision: str, source: Path) -> dict[str, str]:
     """The ``metadata_props`` of an exported model (all values are strings)."""
     from wakemodel import network, preprocess
 
-    extent = {} if chip_extent_m is None else {METADATA_KEYS["chip_extent_m"]: repr(chip_extent_m)}
+    image_size = predictor.image_size
+    known = {
+        METADATA_KEYS[key]: repr(value)
+        for key, value in (
+            ("chip_extent_m", chip_extent_m(predictor)),
+            ("tta_std_scale", predictor.metadata.get("tta_std_scale")),
+        )
+        if value is not None
+    }
     return {
-        **extent,
+        **known,
         METADATA_KEYS["image_size"]: str(image_size),
         METADATA_KEYS["input_scale"]: repr(1.0 / 255.0),
         METADATA_KEYS["preprocessing"]: (
@@ -95,7 +101,8 @@ def _metadata(
             "read in a window around each heatmap's mode, "
             "slot 0 vertex, slots 1-2 wake ends; visibility [B,3] probabilities "
             "(slot 0: wake score); keypoint_std [B,3,2] calibrated 1-sigma x, y spread, "
-            "normalised like keypoints"
+            "normalised like keypoints (the 8 flips/rotations combined: times "
+            f"{METADATA_KEYS['tta_std_scale']}, see wakemodel.tta.predict_batch)"
         ),
         METADATA_KEYS["precision"]: precision,
         METADATA_KEYS["version"]: __version__,
@@ -222,12 +229,7 @@ def export_onnx(
     if not isinstance(predictor, TorchPredictor):
         raise InputError(f"{checkpoint}: export needs a .ckpt checkpoint written by `train`.")
     detector = predictor.module.float().to(memory_format=_contiguous_format())
-    metadata = _metadata(
-        predictor.image_size,
-        "int8" if int8 else "fp32",
-        Path(checkpoint),
-        chip_extent_m(predictor),
-    )
+    metadata = _metadata(predictor, "int8" if int8 else "fp32", Path(checkpoint))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with (
         atomic_path(out_path) as tmp,

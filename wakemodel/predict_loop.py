@@ -132,16 +132,24 @@ class DetectorModule(pl.LightningModule):
         image_size: Network input side S (pixels).
         tta: Combine the 8 flips/rotations of the input (:mod:`wakemodel.tta`).
         quiet: Hide Lightning's INFO lines in the worker processes too.
+        metadata: The model file's metadata (:class:`wakemodel.predictors.Predictor`),
+            which carries its 8-view calibration factor.
     """
 
     def __init__(
-        self, detector: torch.nn.Module, image_size: int, tta: bool, quiet: bool = True
+        self,
+        detector: torch.nn.Module,
+        image_size: int,
+        tta: bool,
+        quiet: bool = True,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.detector = detector
         self.image_size = int(image_size)
         self.tta = tta
         self.quiet = quiet
+        self.metadata = metadata
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Runs first in a ddp_spawn worker, before Lightning logs anything there.
@@ -168,7 +176,7 @@ class DetectorModule(pl.LightningModule):
         keypoint_std = np.full((count, 3, 2), np.nan)
         if readable.any():
             images = batch["image"].numpy()[readable].astype(np.float32) / np.float32(255.0)
-            predictor = TorchPredictor(self.detector, self.image_size, self.device)
+            predictor = TorchPredictor(self.detector, self.image_size, self.device, self.metadata)
             outputs = predict_batch(predictor, images, tta=self.tta)
             keypoints[readable], visibility[readable], keypoint_std[readable] = outputs
         return {
@@ -323,7 +331,9 @@ def predict_on_devices(
     if not isinstance(predictor, TorchPredictor):
         raise InputError(f"--devices {devices} is for .ckpt checkpoints, not {checkpoint}.")
     quiet = not logging.getLogger("wakemodel").isEnabledFor(logging.DEBUG)
-    module = DetectorModule(predictor.module, predictor.image_size, tta, quiet=quiet)
+    module = DetectorModule(
+        predictor.module, predictor.image_size, tta, quiet=quiet, metadata=predictor.metadata
+    )
     loader = DataLoader(
         ChipDataset(items, predictor.image_size),
         batch_size=batch_size,

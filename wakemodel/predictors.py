@@ -58,11 +58,16 @@ METADATA_KEYS = {
     "version": "wakemodel.version",
     "source": "wakemodel.source_checkpoint",
     "chip_extent_m": "wakemodel.chip_extent_m",
+    "tta_std_scale": "wakemodel.tta_std_scale",
 }
 """Names of the ``metadata_props`` an exported ONNX file carries."""
 
 CHIP_EXTENT_KEY = "wakemodel_chip_extent_m"
 """Checkpoint entry holding the training chips' median ground extent (metres)."""
+
+TTA_STD_SCALE_KEY = "wakemodel_tta_std_scale"
+"""Checkpoint entry holding the calibration factor of the 8-view keypoint std (see
+:func:`tta_std_scale`); ``train`` fits it on the validation split after training."""
 
 ONNX_INSTALL_HINT = "install the ONNX extra: pip install 'wakemodel[onnx]'"
 
@@ -150,6 +155,19 @@ def chip_extent_m(predictor: KeypointPredictor) -> float | None:
     """
     metadata = getattr(predictor, "metadata", None) or {}
     return _positive_float(metadata.get("chip_extent_m"))
+
+
+def tta_std_scale(predictor: KeypointPredictor) -> float:
+    """The factor that calibrates a model's 8-view (TTA) keypoint std, 1.0 when unknown.
+
+    The network's own ``std_scale`` calibrates one view; the combined std of the
+    8 views (:func:`wakemodel.tta.predict_batch`) is fitted again on the
+    validation split with the views combined, as its errors are smaller.
+    Checkpoints written by ``train`` and ONNX files exported from them carry it;
+    older files and in-memory models do not (1.0: the uncombined calibration).
+    """
+    metadata = getattr(predictor, "metadata", None) or {}
+    return _positive_float(metadata.get("tta_std_scale")) or 1.0
 
 
 class TorchPredictor:
@@ -245,6 +263,7 @@ class OnnxPredictor:
             "path": str(self.path),
             "image_size": self.image_size,
             "chip_extent_m": _positive_float(properties.get(METADATA_KEYS["chip_extent_m"])),
+            "tta_std_scale": _positive_float(properties.get(METADATA_KEYS["tta_std_scale"])),
         }
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -332,6 +351,7 @@ def _load_checkpoint(checkpoint_path: Path, accelerator: str) -> TorchPredictor:
         "hyper_parameters": hyper_parameters,
         "run_dir": None if run_dir is None else str(run_dir),
         "chip_extent_m": checkpoint.get(CHIP_EXTENT_KEY),
+        "tta_std_scale": checkpoint.get(TTA_STD_SCALE_KEY),
     }
     logger.debug("Loaded %s (image size %d) on %s", checkpoint_path, image_size, device)
     return TorchPredictor(detector, image_size, device, metadata)

@@ -71,9 +71,10 @@ from wakemodel.config import CONFIG_FILE_NAME, TrainConfig, save_config
 from wakemodel.datamodule import WakeDataModule
 from wakemodel.devices import DeviceChoice, environment_info, select_device
 from wakemodel.errors import InputError, WakeModelError, first_line
+from wakemodel.evaluate import fit_tta_std_scale
 from wakemodel.model import WakeKeypointModule
-from wakemodel.predictors import CHIP_EXTENT_KEY
-from wakemodel.records import SPLIT_NAMES, median_chip_extent_m
+from wakemodel.predictors import CHIP_EXTENT_KEY, TTA_STD_SCALE_KEY
+from wakemodel.records import SPLIT_NAMES, WakeRecord, median_chip_extent_m
 
 logger = logging.getLogger(__name__)
 
@@ -711,6 +712,36 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
         return _train(config, callbacks)
 
 
+def calibrate_tta(
+    checkpoints: Sequence[Path], records: Sequence[WakeRecord], accelerator: str = "auto"
+) -> dict[Path, float]:
+    """Fit each checkpoint's 8-view uncertainty calibration on ``records`` and store it.
+
+    The network's ``std_scale`` is fitted every validation epoch on one view; the
+    std of the 8 combined views (what ``infer`` and ``evaluate`` report by
+    default) is fitted here, on the same validation chips with the views
+    combined (:func:`wakemodel.evaluate.fit_tta_std_scale`), and written into
+    the checkpoint as :data:`~wakemodel.predictors.TTA_STD_SCALE_KEY` (atomically).
+
+    Args:
+        checkpoints: ``.ckpt`` files written by ``train`` (repeats are fitted once).
+        records: Annotated chips none of the checkpoints trained on.
+        accelerator: Device for the predictions.
+
+    Returns:
+        Checkpoint -> fitted factor.
+    """
+    scales: dict[Path, float] = {}
+    for path in dict.fromkeys(Path(checkpoint) for checkpoint in checkpoints):
+        scale = fit_tta_std_scale(path, records, accelerator=accelerator)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint[TTA_STD_SCALE_KEY] = scale
+        AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+        logger.info("8-view std scale of %s: %.3f (%d validation chips)", path, scale, len(records))
+        scales[path] = scale
+    return scales
+
+
 def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
     """:func:`train` without the logging and warning settings."""
     device = select_device(config.accelerator, config.precision)
@@ -844,14 +875,19 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
 
     best_epoch = recorder.best_epoch()
     metrics_path = run_dir / "metrics.csv" if loggers else None
+    best_checkpoint = (
+        Path(best_callback.best_model_path) if writes and best_callback.best_model_path else None
+    )
+    # An unmonitored ModelCheckpoint's "best" is its latest file.
+    last_checkpoint = (
+        Path(last_callback.best_model_path) if writes and last_callback.best_model_path else None
+    )
+    written = [path for path in (best_checkpoint, last_checkpoint) if path is not None]
+    if written and trainer.is_global_zero:
+        calibrate_tta(written, datamodule.val_dataset.records, device.accelerator)
     return TrainResult(
-        best_checkpoint=Path(best_callback.best_model_path)
-        if writes and best_callback.best_model_path
-        else None,
-        # An unmonitored ModelCheckpoint's "best" is its latest file.
-        last_checkpoint=Path(last_callback.best_model_path)
-        if writes and last_callback.best_model_path
-        else None,
+        best_checkpoint=best_checkpoint,
+        last_checkpoint=last_checkpoint,
         best_epoch=best_epoch,
         best_metrics=recorder.history.get(best_epoch, {}) if best_epoch is not None else {},
         run_dir=run_dir if writes else None,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from wakemodel import keypoints as kp
-from wakemodel.predictors import KeypointPredictor
+from wakemodel.predictors import KeypointPredictor, tta_std_scale
 
 __all__ = [
     "DEFAULT_TTA",
@@ -175,7 +175,9 @@ def predict_batch(
     keypoints by their :func:`consensus`, visibility probabilities by their
     mean; the keypoint std then combines both sources of doubt: the root mean
     square of the views' own std and the views' root-mean-square deviation from
-    the consensus, per coordinate. numpy only.
+    the consensus, per coordinate, times the model's 8-view calibration
+    factor (:func:`wakemodel.predictors.tta_std_scale`, fitted by ``train`` on
+    the validation split; 1.0 for a model without one). numpy only.
 
     Args:
         predictor: The model backend.
@@ -194,4 +196,5 @@ def predict_batch(
     spread_variance = np.mean(np.square(keypoint_std), axis=0) + np.mean(
         np.square(keypoints - agreed), axis=0
     )
-    return agreed, np.mean(visibility, axis=0), np.sqrt(spread_variance)
+    combined_std = np.sqrt(spread_variance) * tta_std_scale(predictor)
+    return agreed, np.mean(visibility, axis=0), combined_std
