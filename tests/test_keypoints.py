@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -152,6 +154,15 @@ def test_heading_std_is_capped_and_undefined_without_a_far_end() -> None:
     std = kp.heading_std_deg(keypoints_px, huge, visible)
     assert std[0] == pytest.approx(kp.HEADING_STD_MAX_DEG)
     assert np.isnan(std[1])
+    # A far end on the vertex has no axis: no heading at all, without a divide warning.
+    collapsed = np.array([[[50.0, 0.0], [50.0, 0.0], [0.0, 0.0]]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for xp_array in (np.asarray, torch.as_tensor):
+            value = kp.heading_std_deg(
+                xp_array(collapsed), xp_array(np.ones((1, 3, 2))), xp_array(visible[:1])
+            )
+            assert float(value[0]) == pytest.approx(kp.HEADING_STD_MAX_DEG)
 
 
 def test_heading_std_numpy_equals_torch() -> None:

@@ -160,19 +160,23 @@ def heading_std_deg(keypoints_px: Array, keypoint_std_px: Array, visible: Array)
         visible: Bool ``[..., 3]``.
 
     Returns:
-        ``[...]`` 1-sigma heading uncertainty in degrees; NaN where no far end is visible.
+        ``[...]`` 1-sigma heading uncertainty in degrees; :data:`HEADING_STD_MAX_DEG`
+        where the far end sits on the vertex (no axis), NaN where no far end is visible.
     """
     xp = namespace(keypoints_px)
     axis = keypoints_px[..., VERTEX_SLOT, :] - far_end_px(keypoints_px, visible)
     axis_length = length(axis)
-    across = xp.stack([-axis[..., 1], axis[..., 0]], -1) / axis_length[..., None]
+    has_axis = axis_length > 0
+    safe_length = xp.where(has_axis, axis_length, 1.0)
+    across = xp.stack([-axis[..., 1], axis[..., 0]], -1) / safe_length[..., None]
     variance_across = (keypoint_std_px**2 * across[..., None, :] ** 2).sum(-1)
     ends_visible = visible[..., 1:]
     end_count = cast(ends_visible.sum(-1), keypoints_px)
     ends_variance = xp.where(ends_visible, variance_across[..., 1:], 0.0).sum(-1)
     far_variance = ends_variance / xp.clip(end_count, 1, None) ** 2
     spread = xp.sqrt(variance_across[..., VERTEX_SLOT] + far_variance)
-    std_deg = xp.clip(xp.rad2deg(spread / axis_length), None, HEADING_STD_MAX_DEG)
+    std_deg = xp.clip(xp.rad2deg(spread / safe_length), None, HEADING_STD_MAX_DEG)
+    std_deg = xp.where(has_axis, std_deg, HEADING_STD_MAX_DEG)
     return xp.where(end_count > 0, std_deg, math.nan)
 
 
