@@ -291,6 +291,8 @@ def test_8_view_calibration_is_stored_read_and_applied(
     import torch
 
     from wakemodel.evaluate import evaluate_records
+    from wakemodel.infer import as_predictor
+    from wakemodel.model import WakeKeypointModule
     from wakemodel.predictors import TTA_STD_SCALE_KEY, load_predictor, tta_std_scale
     from wakemodel.records import scan_dataset
     from wakemodel.train import calibrate_tta
@@ -298,7 +300,12 @@ def test_8_view_calibration_is_stored_read_and_applied(
     records = scan_dataset(synthetic_dir)
     model = shutil.copy(tiny_checkpoint, tmp_path / "model.ckpt")
     scale = calibrate_tta([model, model], records, "cpu")[Path(model)]
+    assert scale != pytest.approx(1.0)
     assert tta_std_scale(load_predictor(model, accelerator="cpu")) == pytest.approx(scale)
+    # A module loaded in Python keeps the factor too.
+    module = WakeKeypointModule.load_from_checkpoint(model, map_location="cpu")
+    assert tta_std_scale(as_predictor(module)) == pytest.approx(scale)
+    assert tta_std_scale(as_predictor(WakeKeypointModule(image_size=64))) == 1.0
 
     def run() -> tuple[np.ndarray, float]:
         report = evaluate_records(model, records, tta=True, accelerator="cpu")

@@ -211,7 +211,8 @@ def as_predictor(
 
     Args:
         model: A predictor, a loaded ``WakeKeypointModule`` (used on its
-            current device), or a ``.ckpt``/``.onnx`` path (loaded with
+            current device, with the 8-view std calibration it was loaded
+            with), or a ``.ckpt``/``.onnx`` path (loaded with
             :func:`wakemodel.predictors.load_predictor`).
         accelerator: Device choice when a path is loaded.
 
@@ -226,7 +227,12 @@ def as_predictor(
     if torch_module is not None and isinstance(model, torch_module.nn.Module):
         image_size = int(model.hparams.image_size)
         device = next(model.parameters()).device
-        return TorchPredictor(model, image_size, device)
+        metadata = {
+            "format": "torch",
+            "image_size": image_size,
+            "tta_std_scale": getattr(model, "tta_std_scale", None),
+        }
+        return TorchPredictor(model, image_size, device, metadata)
     raise InputError(f"Cannot predict with a {type(model).__name__}; pass a checkpoint path.")
 
 

@@ -42,6 +42,7 @@ from wakemodel.network import (
     fill_missing_weights,
     soft_argmax_with_spread,
 )
+from wakemodel.predictors import TTA_STD_SCALE_KEY
 
 MEDIAN_METRICS = ("vertex_error_px", "vertex_error_m", "vertex_error_frac", "heading_error_deg")
 PCK_LOG_NAME = "pck@0.05"
@@ -228,6 +229,9 @@ class WakeKeypointModule(pl.LightningModule):
         self.val_heading_error = CatMetric(nan_strategy="ignore")
         self.val_raw_heading_std = CatMetric(nan_strategy="ignore")
         self.example_input_array = torch.zeros(1, 1, image_size, image_size)
+        self.tta_std_scale: float | None = None
+        """The 8-view std calibration of the checkpoint this module was loaded from
+        (:data:`~wakemodel.predictors.TTA_STD_SCALE_KEY`), None before ``train`` fits it."""
 
     def forward(self, images: Tensor) -> KeypointOutput:
         """Run the detector on ``[B, 1, S, S]`` chips in [0, 1]; see the detector."""
@@ -426,8 +430,13 @@ class WakeKeypointModule(pl.LightningModule):
         self.log("val/std_scale", scale, sync_dist=False)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Accept checkpoints from before ``std_scale`` or the per-keypoint visibility head."""
+        """Accept checkpoints from before ``std_scale`` or the per-keypoint visibility head.
+
+        Also keeps the checkpoint's 8-view std calibration as :attr:`tta_std_scale`
+        (it is not saved again: more training makes it stale, ``train`` refits it).
+        """
         fill_missing_weights(checkpoint["state_dict"], self.detector, prefix=DETECTOR_PREFIX)
+        self.tta_std_scale = checkpoint.get(TTA_STD_SCALE_KEY)
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """Log ``test/loss`` and accumulate the ``test/`` metrics."""
