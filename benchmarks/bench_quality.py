@@ -14,7 +14,10 @@ run ever trained on. The recipes (:data:`RECIPES`) are ``train --max-time`` with
 - ``b16``: today's defaults with the previous default batch of 16 chips;
 - ablations of ``new``, one change each: ``new-ema`` (no weight averaging),
   ``new-kpvis`` (no per-keypoint visibility), ``new+copy`` (both end slots of
-  one-end chips trained onto their end), ``new+axis`` (the wake-axis loss on).
+  one-end chips trained onto their end), ``new+axis`` (the wake-axis loss on),
+  ``new-160`` (160 px network input instead of 224: about twice the epochs in a budget),
+  ``new-slot`` (a chip's one visible end in whichever end slot is closer, as before
+  session 14, instead of pinned to the first).
 
 Every recipe selects its best checkpoint and reads its keypoints today's way (by the
 validation loss; in a window around each heatmap's mode, see
@@ -52,6 +55,7 @@ BEFORE = {
     "ema_decay": 0.0,
     "keypoint_visibility": False,
     "copy_single_end": False,
+    "single_end_slot": False,
     "batch_size": 16,
 }
 """The training settings before issue 11's second part."""
@@ -65,6 +69,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "new-kpvis": {"keypoint_visibility": False},
     "new+copy": {"copy_single_end": True},
     "new+axis": {"heading_weight": 0.1},
+    "new-160": {"image_size": 160},
+    "new-slot": {"single_end_slot": False},
 }
 """``TrainConfig`` settings of each recipe on top of today's defaults."""
 

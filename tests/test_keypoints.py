@@ -204,3 +204,28 @@ def test_copy_single_end_fills_the_second_slot_of_one_end_chips() -> None:
     )
     np.testing.assert_array_equal(torch_filled.numpy(), filled)
     np.testing.assert_array_equal(torch_positioned.numpy(), positioned)
+
+
+def test_single_end_first_moves_a_lone_end_into_slot_one() -> None:
+    nan = float("nan")
+    keypoints = np.array(
+        [
+            [[1.0, 1.0], [5.0, 6.0], [nan, nan]],  # one end, already in slot 1
+            [[1.0, 1.0], [nan, 0.0], [7.0, 8.0]],  # one end, in slot 2
+            [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]],  # both ends: order kept
+        ]
+    )
+    visible = np.array([[1, 1, 0], [1, 0, 1], [1, 1, 1]], dtype=bool)
+    pinned, pinned_visible = kp.single_end_first(keypoints, visible)
+    np.testing.assert_array_equal(pinned_visible, [[1, 1, 0], [1, 1, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(pinned[1, 1], [7.0, 8.0])
+    np.testing.assert_array_equal(pinned[[0, 2]], keypoints[[0, 2]])
+    # The heading of every chip is unchanged.
+    np.testing.assert_allclose(
+        kp.heading_deg(pinned, pinned_visible), kp.heading_deg(keypoints, visible)
+    )
+    torch_pinned, torch_visible = kp.single_end_first(
+        torch.from_numpy(keypoints), torch.from_numpy(visible)
+    )
+    np.testing.assert_array_equal(torch_pinned.numpy(), pinned)
+    np.testing.assert_array_equal(torch_visible.numpy(), pinned_visible)

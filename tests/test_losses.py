@@ -176,3 +176,32 @@ def test_single_end_copied_trains_both_positions_but_not_the_visibility() -> Non
         keypoint_loss(on_end, swapped_visibility, filled, visible, position_visible=positioned),
         copied,
     )
+
+
+def test_pinned_single_end_trains_the_first_slot_only() -> None:
+    target = _keypoints(VERTEX, ARM_A, (math.nan, math.nan))
+    visible = torch.tensor([[True, True, False]])
+    logits = _logits([True, True, False])
+    # The end predicted in slot 2: free matching takes it, the pinned order does not.
+    in_second = _keypoints(VERTEX, ARM_B, ARM_A)
+    in_first = _keypoints(VERTEX, ARM_A, ARM_B)
+    free = keypoint_loss(in_second, _logits([True, False, True]), target, visible)
+    pinned = keypoint_loss(
+        in_second, _logits([True, False, True]), target, visible, pin_single_end=True
+    )
+    assert pinned > free + 0.1
+    assert torch.allclose(
+        keypoint_loss(in_first, logits, target, visible, pin_single_end=True),
+        keypoint_loss(in_first, logits, target, visible),
+    )
+    order = match_arm_order(in_second, target, visible, pin_single_end=True)
+    assert order.tolist() == [[0, 1, 2]]
+    assert match_arm_order(in_second, target, visible).tolist() == [[0, 2, 1]]
+    # Chips with both ends keep the free order.
+    both = _keypoints(VERTEX, ARM_A, ARM_B)
+    all_visible = torch.tensor([[True, True, True]])
+    swapped = _keypoints(VERTEX, ARM_B, ARM_A)
+    assert torch.equal(
+        keypoint_loss(swapped, _logits([True] * 3), both, all_visible, pin_single_end=True),
+        keypoint_loss(swapped, _logits([True] * 3), both, all_visible),
+    )

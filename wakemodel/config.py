@@ -60,6 +60,8 @@ class ModelDefaults:
             heatmap (see :class:`wakemodel.network.EfficientNetB0KeypointDetector`).
         copy_single_end: Train both end slots onto the one visible end of a chip
             (see :func:`wakemodel.keypoints.copy_single_end`).
+        single_end_slot: Keep a chip's one visible wake end in the first end slot
+            (see :func:`wakemodel.keypoints.single_end_first`).
     """
 
     image_size: int = 224
@@ -74,6 +76,7 @@ class ModelDefaults:
     ema_decay: float = 0.99
     keypoint_visibility: bool = True
     copy_single_end: bool = False
+    single_end_slot: bool = True
 
 
 MODEL_DEFAULTS = ModelDefaults()
@@ -87,7 +90,7 @@ of 1.5° against 11.8° (one view; ``benchmarks/README.md``, "Batch size"). On a
 (``--batch-size``, ``--auto-batch-size``) and the learning rate with it."""
 
 DEMO_EPOCHS = 20
-"""Training epochs of the demo (about 7.5 minutes on a 2-core CPU at ``DEMO_IMAGE_SIZE``)."""
+"""Training epochs of the demo (7.5-9 minutes on the 2-core CPUs measured, at 160 px)."""
 
 DEMO_IMAGE_SIZE = 160
 """Network input side of the demo: the demo's chips (at most 480 px) are shrunk 3x at most,
@@ -225,6 +228,15 @@ class TrainConfig:
         metadata=_cli(
             "On chips with one visible wake end, train both end slots onto it (False: the "
             "second slot's position is not trained, as before).",
+            cli=False,
+        ),
+    )
+    single_end_slot: bool = field(
+        default=MODEL_DEFAULTS.single_end_slot,
+        metadata=_cli(
+            "On chips with one visible wake end, keep it in the first end slot, so the "
+            "second slot's visibility learns whether the chip shows two ends (False: either "
+            "slot, whichever is closer, the way before session 14).",
             cli=False,
         ),
     )

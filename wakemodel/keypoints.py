@@ -124,6 +124,32 @@ def copy_single_end(keypoints: Array, visible: Array) -> tuple[Array, Array]:
     return filled, xp.concatenate([visible[..., :1], ends_visible | fill], -1)
 
 
+def single_end_first(keypoints: Array, visible: Array) -> tuple[Array, Array]:
+    """Targets where a chip's one visible wake end sits in the first end slot.
+
+    Arm order is meaningless on chips with two visible ends, but on a chip with
+    one (one Kelvin arm, or the turbulent wake alone) a free order makes the
+    second slot's visibility target depend on which slot the matching gave the
+    end, which no head can know beforehand. With the one end pinned to slot 1
+    (and the arm-order matching told so: ``pin_single_end`` in
+    :func:`wakemodel.losses.keypoint_loss`), the visibility of slot 2 reads "the
+    chip shows two wake ends", a property of the whole chip.
+
+    Args:
+        keypoints: ``[..., 3, 2]`` target keypoints (any unit; invisible slots
+            may hold NaN).
+        visible: Bool ``[..., 3]`` target visibility.
+
+    Returns:
+        The keypoints and visibility with slots 1 and 2 swapped where only slot 2
+        is visible; other chips unchanged.
+    """
+    swap = visible[..., 2] & ~visible[..., 1]
+    orders = slot_orders(visible)
+    order = orders[swap.astype(np.int64) if namespace(visible) is np else swap.long()]
+    return permute_slots(keypoints, order), permute_slots(visible, order)
+
+
 def heading_deg(keypoints_px: Array, visible: Array) -> Array:
     """Compass bearing from the far-end point towards the vertex.
 

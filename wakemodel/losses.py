@@ -36,6 +36,7 @@ def _order_costs(
     visibility_weight: float,
     beta: float,
     position_visible: Tensor | None = None,
+    pin_single_end: bool = False,
 ) -> Tensor:
     """Per-sample loss for the identity and the swapped arm order of the target.
 
@@ -49,6 +50,9 @@ def _order_costs(
         beta: Smooth-L1 transition point (same unit as the coordinates); 0 gives L1.
         position_visible: Bool ``[..., 3]`` slots whose position is trained, when
             not ``target_visible`` (see :func:`wakemodel.keypoints.copy_single_end`).
+        pin_single_end: On samples with exactly one visible end, allow only the
+            identity order (the target's end is in slot 1, see
+            :func:`wakemodel.keypoints.single_end_first`): the swapped cost is +inf.
 
     Returns:
         ``[..., 2]`` costs: index 0 for the identity order, 1 for the swapped order.
@@ -76,6 +80,9 @@ def _order_costs(
             )
             cost = cost + visibility_weight * bce.mean(dim=-1)
         costs.append(cost)
+    if pin_single_end:
+        single_end = target_visible[..., 1:].sum(dim=-1) == 1
+        costs[1] = torch.where(single_end, torch.full_like(costs[1], torch.inf), costs[1])
     return torch.stack(costs, dim=-1)
 
 
@@ -87,6 +94,7 @@ def match_arm_order(
     pred_visibility_logits: Tensor | None = None,
     visibility_weight: float = 0.0,
     beta: float = 0.0,
+    pin_single_end: bool = False,
 ) -> Tensor:
     """Best order of the target's arm slots for each sample (the training loss's variant).
 
@@ -102,12 +110,14 @@ def match_arm_order(
         pred_visibility_logits: Optional ``[..., 3]`` predicted visibility logits.
         visibility_weight: Weight of the BCE term in the cost.
         beta: Smooth-L1 transition point in coordinate units (0: plain L1).
+        pin_single_end: Keep the identity order on one-end samples (see
+            :func:`_order_costs`).
 
     Returns:
         Long ``[..., 3]`` slot order, ``(0, 1, 2)`` or ``(0, 2, 1)``; apply it to the
         TARGET with :func:`permute_slots` to align it with the prediction.
     """
-    if pred_visibility_logits is None and beta == 0.0:
+    if pred_visibility_logits is None and beta == 0.0 and not pin_single_end:
         return keypoints.match_arm_order(pred_keypoints, target_keypoints, target_visible)
     costs = _order_costs(
         pred_keypoints.detach(),
@@ -118,6 +128,7 @@ def match_arm_order(
         ),
         visibility_weight=visibility_weight,
         beta=beta,
+        pin_single_end=pin_single_end,
     )
     return keypoints.order_from_costs(costs)
 
@@ -131,6 +142,7 @@ def keypoint_loss(
     visibility_weight: float = 0.1,
     beta: float = 0.02,
     position_visible: Tensor | None = None,
+    pin_single_end: bool = False,
 ) -> Tensor:
     """Masked smooth-L1 keypoint loss plus visibility BCE, minimised over arm orders.
 
@@ -149,6 +161,8 @@ def keypoint_loss(
         beta: Smooth-L1 transition point in normalised units (fraction of the chip).
         position_visible: Bool ``[B, 3]`` slots whose position is trained when not
             ``target_visible`` (:func:`wakemodel.keypoints.copy_single_end`).
+        pin_single_end: Keep the identity order on one-end samples (their end in
+            slot 1, :func:`wakemodel.keypoints.single_end_first`).
 
     Returns:
         Scalar loss tensor (float32).
@@ -161,6 +175,7 @@ def keypoint_loss(
         visibility_weight=visibility_weight,
         beta=beta,
         position_visible=None if position_visible is None else position_visible.bool(),
+        pin_single_end=pin_single_end,
     )
     return costs.min(dim=-1).values.mean()
 

@@ -176,6 +176,9 @@ class WakeKeypointModule(pl.LightningModule):
         copy_single_end: On chips with one visible wake end, train both end slots'
             positions onto it (:func:`wakemodel.keypoints.copy_single_end`), so the
             heading does not depend on the second slot's visibility.
+        single_end_slot: Keep the one visible end of a chip in the first end slot
+            (:func:`wakemodel.keypoints.single_end_first`), so the second slot's
+            visibility learns whether the chip shows two wake ends.
     """
 
     monitor: str = "val/loss"
@@ -211,6 +214,7 @@ class WakeKeypointModule(pl.LightningModule):
         channels_last: bool = True,
         keypoint_visibility: bool = MODEL_DEFAULTS.keypoint_visibility,
         copy_single_end: bool = MODEL_DEFAULTS.copy_single_end,
+        single_end_slot: bool = MODEL_DEFAULTS.single_end_slot,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained", "weights_path"])
@@ -263,19 +267,24 @@ class WakeKeypointModule(pl.LightningModule):
         """The output and loss (scalar) of :meth:`_forward_with_loss` from the heads' logits."""
         keypoints, spread = soft_argmax_with_spread(heatmap_logits)
         output = KeypointOutput(keypoints, visibility_logits, spread * self.detector.std_scale)
-        targets, positioned = batch["keypoints"], batch["visible"]
+        pin_single_end = self.hparams.single_end_slot
+        targets, target_visible = batch["keypoints"], batch["visible"]
+        if pin_single_end:
+            targets, target_visible = kp.single_end_first(targets, target_visible)
+        positioned = target_visible
         if self.hparams.copy_single_end:
             targets, positioned = kp.copy_single_end(targets, positioned)
         loss = keypoint_loss(
             output.keypoints,
             output.visibility_logits,
             targets,
-            batch["visible"],
+            target_visible,
             visibility_weight=self.hparams.visibility_weight,
             beta=self.hparams.loss_beta,
             position_visible=positioned,
+            pin_single_end=pin_single_end,
         )
-        has_wake = batch["visible"][:, VERTEX_SLOT]
+        has_wake = target_visible[:, VERTEX_SLOT]
         # Only chips without a wake teach the wake score; a batch of wakes alone (all of the
         # real data) would just push one logit up, so it adds nothing and trains as before.
         if self.hparams.wake_weight > 0 and not bool(has_wake.all()):
@@ -284,7 +293,11 @@ class WakeKeypointModule(pl.LightningModule):
             )
         if self.hparams.heatmap_weight > 0 or self.hparams.heading_weight > 0:
             order = match_arm_order(
-                output.keypoints, targets, positioned, beta=self.hparams.loss_beta
+                output.keypoints,
+                targets,
+                positioned,
+                beta=self.hparams.loss_beta,
+                pin_single_end=pin_single_end,
             )
             target = permute_slots(targets, order)
             visible = permute_slots(positioned, order)

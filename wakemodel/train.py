@@ -792,6 +792,7 @@ def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
         wake_weight=config.wake_weight,
         keypoint_visibility=config.keypoint_visibility,
         copy_single_end=config.copy_single_end,
+        single_end_slot=config.single_end_slot,
     )
 
     writes = not config.fast_dev_run
