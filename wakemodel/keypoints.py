@@ -144,9 +144,7 @@ def single_end_first(keypoints: Array, visible: Array) -> tuple[Array, Array]:
         The keypoints and visibility with slots 1 and 2 swapped where only slot 2
         is visible; other chips unchanged.
     """
-    swap = visible[..., 2] & ~visible[..., 1]
-    orders = slot_orders(visible)
-    order = orders[swap.astype(np.int64) if namespace(visible) is np else swap.long()]
+    order = orders_where_swapped(visible[..., 2] & ~visible[..., 1])
     return permute_slots(keypoints, order), permute_slots(visible, order)
 
 
@@ -314,9 +312,20 @@ def order_from_costs(costs: Array) -> Array:
     Returns:
         Integer ``[..., 3]`` slot order, ``(0, 1, 2)`` or ``(0, 2, 1)``.
     """
-    swap = costs[..., 1] < costs[..., 0]
-    orders = slot_orders(costs)
-    return orders[swap.astype(np.int64) if namespace(costs) is np else swap.long()]
+    return orders_where_swapped(costs[..., 1] < costs[..., 0])
+
+
+def orders_where_swapped(swap: Array) -> Array:
+    """The swapped arm order where ``swap`` is True, the identity elsewhere.
+
+    Args:
+        swap: Bool ``[...]``.
+
+    Returns:
+        Integer ``[..., 3]`` slot order, ``(0, 2, 1)`` where ``swap``, else ``(0, 1, 2)``.
+    """
+    orders = slot_orders(swap)
+    return orders[swap.astype(np.int64) if namespace(swap) is np else swap.long()]
 
 
 def arm_order_costs(pred: Array, target: Array, visible: Array) -> Array:
