@@ -17,7 +17,8 @@ run ever trained on. The recipes (:data:`RECIPES`) are ``train --max-time`` with
   one-end chips trained onto their end), ``new+axis`` (the wake-axis loss on),
   ``new-160`` (160 px network input instead of 224: about twice the epochs in a budget),
   ``new-slot`` (a chip's one visible end in whichever end slot is closer, as before
-  session 14, instead of pinned to the first).
+  session 14, instead of pinned to the first), ``new-lr2`` (peak learning rate 2e-3
+  instead of 1e-3).
 
 Every recipe selects its best checkpoint and reads its keypoints today's way (by the
 validation loss; in a window around each heatmap's mode, see
@@ -33,6 +34,9 @@ view (``evaluate --no-tta``), and with ``--tta`` also with the 8 test-time views
 Usage (from the repository root; about the sum of the budgets times the recipes)::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_quality.py --minutes 5 10 15
+
+``--keep-runs DIR`` keeps each run folder (``DIR/RECIPE-15m/checkpoints/`` ...) for
+``tail_breakdown.py`` and ``cli.py plot predictions --worst``.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "new+axis": {"heading_weight": 0.1},
     "new-160": {"image_size": 160},
     "new-slot": {"single_end_slot": False},
+    "new-lr2": {"lr": 2e-3},
 }
 """``TrainConfig`` settings of each recipe on top of today's defaults."""
 
@@ -93,6 +98,11 @@ def _parse_args() -> argparse.Namespace:
         "--tta", action="store_true", help="Also evaluate with the 8 test-time views."
     )
     parser.add_argument("--json", type=Path, help="Also write the rows as JSON.")
+    parser.add_argument(
+        "--keep-runs",
+        type=Path,
+        help="Keep each run folder (checkpoints, metrics) here instead of a temporary folder.",
+    )
     return parser.parse_args()
 
 
@@ -118,7 +128,13 @@ def _row(report: Any, **fields: Any) -> dict[str, Any]:
 
 
 def _run(
-    recipe: str, minutes: float, train_dir: Path, eval_dir: Path, seed: int, tta: bool
+    recipe: str,
+    minutes: float,
+    train_dir: Path,
+    eval_dir: Path,
+    seed: int,
+    tta: bool,
+    keep_runs: Path | None,
 ) -> list[dict[str, Any]]:
     seconds = round(minutes * 60)
     max_time = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -132,8 +148,8 @@ def _run(
                 seed=seed,
                 pretrained=False,
                 progress_bar=False,
-                run_dir=Path(folder),
-                run_name=recipe,
+                run_dir=keep_runs or Path(folder),
+                run_name=f"{recipe}-{minutes:g}m",
                 **RECIPES[recipe],
             )
         )
@@ -160,7 +176,9 @@ def main() -> None:
         row
         for minutes in args.minutes
         for recipe in args.recipes
-        for row in _run(recipe, minutes, train_dir, eval_dir, args.train_seed, args.tta)
+        for row in _run(
+            recipe, minutes, train_dir, eval_dir, args.train_seed, args.tta, args.keep_runs
+        )
     ]
     header = (
         f"{'recipe':<14}{'budget':>8}{'wall':>8}{'epochs':>8}{'best':>6}"
