@@ -307,7 +307,7 @@ def _easy_dataset(root: Path, count: int, seed: int) -> Path:
 
 @pytest.mark.slow
 def test_two_rounds_improve_on_round_0_on_an_easy_set(tmp_path: Path) -> None:
-    labeled = _easy_dataset(tmp_path / "labeled", 16, 1)
+    labeled = _easy_dataset(tmp_path / "labeled", 32, 1)
     truth = _easy_dataset(tmp_path / "truth", 40, 2)
     heldout = _easy_dataset(tmp_path / "heldout", 40, 3)
     unlabeled = _images_only(truth, tmp_path / "unlabeled")
