@@ -21,7 +21,9 @@ Printed per mode: the held-out heading error (median, p90; degrees) and vertex e
 (median, pixels and share of the wake length) of every model; the pseudo-labels'
 precision against the hidden truth per round (share of kept chips within 10 degrees
 of heading and within 5 % of the chip diagonal at the vertex, and the same for the
-rejected chips); the gap closed by the round that the labelled validation chose.
+rejected chips); the round each selection rule picks (:data:`SELECT_METRICS`: the
+best epoch's single-view median on the labelled validation chips, and the 8-view median
+and mean there, the default); the gap closed by the round that the labelled validation chose.
 
 Usage (from the repository root; about 2 + (2 + 2 x rounds) x (max-time + 1) minutes)::
 
@@ -49,13 +51,22 @@ from wakemodel.evaluate import evaluate
 from wakemodel.records import scan_dataset, split_records
 from wakemodel.selftrain import (
     ROUND_FILE,
+    VIEW_METRICS_PREFIX,
     SelfTrainConfig,
     SelfTrainResult,
+    choose_round,
     selftrain,
     write_training_set,
 )
 from wakemodel.synthetic import generate_dataset
 from wakemodel.train import TrainConfig, train
+
+SELECT_METRICS = (
+    "val/heading_error_deg",
+    f"{VIEW_METRICS_PREFIX}heading_error_deg",
+    f"{VIEW_METRICS_PREFIX}heading_error_mean_deg",
+)
+"""Round-selection rules compared: single-view median (the best epoch's), 8-view median, mean."""
 
 HEADING_OK_DEG = 10.0
 """A pseudo-label's heading is correct within this many degrees of the truth."""
@@ -190,13 +201,14 @@ def _gap_closed(baseline: float, value: float, ceiling: float) -> float:
 def _print_mode(mode: str, rows: list[dict[str, Any]], result: SelfTrainResult) -> None:
     print(f"\n== {mode}: held-out errors (best round by labelled validation: {result.best_round})")
     print(
-        f"{'model':<22}{'train chips':>12}{'kept':>7}{'val heading':>12}"
+        f"{'model':<22}{'train chips':>12}{'kept':>7}{'val heading':>12}{'val 8v mean':>12}"
         f"{'heading median':>16}{'p90':>8}{'vertex px':>11}{'vertex/len':>11}{'wall':>8}"
     )
     for row in rows:
         print(
             f"{row['model']:<22}{row['train_chips']:>12}{row.get('kept', '-')!s:>7}"
             f"{row.get('val_heading_deg', math.nan):>11.2f}°"
+            f"{row.get('val_views_mean_deg', math.nan):>11.2f}°"
             f"{row['heading_median_deg']:>15.2f}°{row['heading_p90_deg']:>7.1f}°"
             f"{row['vertex_median_px']:>11.2f}{row['vertex_median_frac']:>11.1%}"
             f"{row['wall_s'] / 60:>7.1f}m"
@@ -260,6 +272,7 @@ def main() -> None:
                 "train_chips": r.train_chips,
                 "kept": r.kept_chips if r.round else "-",
                 "val_heading_deg": r.val_metrics.get("val/heading_error_deg", math.nan),
+                "val_views_mean_deg": r.val_metrics.get(SELECT_METRICS[-1], math.nan),
                 "wall_s": r.wall_s,
                 **_held_out(r.checkpoint, heldout),
             }
@@ -282,6 +295,12 @@ def main() -> None:
                 }
             )
         _print_mode(mode, rows, result)
+        for metric in SELECT_METRICS:
+            picked = rows[choose_round(result.rounds, metric)]
+            print(
+                f"round chosen by {metric}: {picked['model']} (held-out median "
+                f"{picked['heading_median_deg']:.2f}°, p90 {picked['heading_p90_deg']:.1f}°)"
+            )
         chosen = rows[result.best_round]
         baseline = rows[0]
         if mode == "iid":
@@ -300,7 +319,11 @@ def main() -> None:
                 f"(b) round {result.best_round} {chosen['heading_median_deg']:.2f}: "
                 f"{gain:.0%} better (target >= 30%)"
             )
-        summary[mode] = {"best_round": result.best_round, "rows": rows}
+        summary[mode] = {
+            "best_round": result.best_round,
+            "select_metric": result.select_metric,
+            "rows": rows,
+        }
     print(f"\nTotal wall time: {(time.monotonic() - start) / 60:.1f} min")
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")

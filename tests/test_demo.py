@@ -22,6 +22,8 @@ def test_demo_runs_the_whole_pipeline_on_synthetic_data(tmp_path: Path) -> None:
             str(out_dir),
             "--epochs",
             "1",
+            "--lr",
+            "0.0005",
             "--image-size",
             "32",
             "--count",
@@ -41,5 +43,6 @@ def test_demo_runs_the_whole_pipeline_on_synthetic_data(tmp_path: Path) -> None:
     run = out_dir / "train"
     assert list((run / "checkpoints").glob("wake-epoch=000-*.ckpt"))
     assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
+    assert "lr: 0.0005\n" in (run / "config.yaml").read_text()
     assert "Best checkpoint:" in result.output
     assert "heading error (deg)" in result.output

@@ -19,7 +19,7 @@ import click
 
 from wakemodel import __version__
 from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
-from wakemodel.config import DEMO_EPOCHS, DEMO_IMAGE_SIZE
+from wakemodel.config import DEMO_EPOCHS, DEMO_IMAGE_SIZE, MODEL_DEFAULTS
 from wakemodel.devices import ACCELERATORS, available_cores
 from wakemodel.download import API_URL
 from wakemodel.errors import WakeModelError, first_line
@@ -1227,6 +1227,13 @@ def nearest_command(
     help="Training epochs.",
 )
 @click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=MODEL_DEFAULTS.lr,
+    show_default=True,
+    help="Peak AdamW learning rate.",
+)
+@click.option(
     "--image-size",
     type=click.IntRange(min=32),
     default=DEMO_IMAGE_SIZE,
@@ -1248,7 +1255,13 @@ def nearest_command(
     help="Device for training and inference.",
 )
 def demo_command(
-    data_dir: Path, out_dir: Path, epochs: int, image_size: int, count: int, accelerator: str
+    data_dir: Path,
+    out_dir: Path,
+    epochs: int,
+    lr: float,
+    image_size: int,
+    count: int,
+    accelerator: str,
 ) -> None:
     """Run the main job: synthetic data, short training, evaluation, inference, figures."""
     from wakemodel.demo import run_demo
@@ -1258,6 +1271,7 @@ def demo_command(
         out_dir,
         count=count,
         epochs=epochs,
+        lr=lr,
         image_size=image_size,
         accelerator=accelerator,
     )
