@@ -59,19 +59,23 @@ from wakemodel.tta import consensus, predict_views
 
 if TYPE_CHECKING:
     from wakemodel.predictors import KeypointPredictor
+    from wakemodel.records import WakeRecord
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "VIEW_METRICS_PREFIX",
     "ChipAgreement",
     "Reward",
     "RoundResult",
     "SelfTrainConfig",
     "SelfTrainResult",
     "agreement",
+    "choose_round",
     "format_rounds",
     "pseudo_label",
     "selftrain",
+    "validate_views",
     "write_pseudo_dataset",
     "write_training_set",
 ]
@@ -611,7 +615,7 @@ def _agreement_medians(chips: Sequence[ChipAgreement]) -> dict[str, float]:
 
 
 def validate_views(
-    checkpoint: Path, records: Sequence[Any], *, data_dir: Path, accelerator: str
+    checkpoint: Path, records: Sequence[WakeRecord], *, data_dir: Path, accelerator: str
 ) -> dict[str, float]:
     """A round's errors on the labelled validation chips, the 8 views combined.
 
@@ -621,7 +625,7 @@ def validate_views(
 
     Args:
         checkpoint: The round's best checkpoint.
-        records: The labelled validation chips (:class:`wakemodel.records.WakeRecord`).
+        records: The labelled validation chips.
         data_dir: Their dataset root.
         accelerator: Device choice.
 
