@@ -52,6 +52,7 @@ from wakemodel.records import scan_dataset, split_records
 from wakemodel.selftrain import (
     ROUND_FILE,
     VIEW_METRICS_PREFIX,
+    Reward,
     SelfTrainConfig,
     SelfTrainResult,
     choose_round,
@@ -93,6 +94,12 @@ def _parse_args() -> argparse.Namespace:
         "--max-time", default="00:00:05:30", help="Wall-clock budget of every training."
     )
     parser.add_argument("--epochs", type=int, default=400, help="Upper bound on the epochs.")
+    parser.add_argument(
+        "--min-kept-fraction",
+        type=float,
+        default=Reward.min_kept_fraction,
+        help="Reward.min_kept_fraction: keep at least this share of the unlabelled chips.",
+    )
     parser.add_argument("--json", type=Path, help="Also write the results as JSON.")
     return parser.parse_args()
 
@@ -247,7 +254,8 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {platform.machine()} {os.cpu_count()} cores; "
         f"image {args.image_size} px, chips {args.min_size}-{args.max_size} px, "
-        f"{args.max_time} per training, {args.rounds} rounds"
+        f"{args.max_time} per training, {args.rounds} rounds, "
+        f"min kept fraction {args.min_kept_fraction:g}"
     )
     summary: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     for mode in args.modes:
@@ -263,7 +271,14 @@ def main() -> None:
             (out / "round_0").mkdir(parents=True, exist_ok=True)
             source = args.out / "iid" / "round_0" / ROUND_FILE
             (out / "round_0" / ROUND_FILE).write_text(source.read_text(encoding="utf-8"))
-        config = SelfTrainConfig(labeled, unlabeled, out, rounds=args.rounds, train=base)
+        config = SelfTrainConfig(
+            labeled,
+            unlabeled,
+            out,
+            rounds=args.rounds,
+            train=base,
+            reward=Reward(min_kept_fraction=args.min_kept_fraction),
+        )
         result = selftrain(config)
         rows = []
         for r in result.rounds:

@@ -1,5 +1,6 @@
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,13 @@ from wakemodel.records import scan_dataset
 from wakemodel.selftrain import (
     ROUND_FILE,
     VIEW_METRICS_PREFIX,
+    ChipAgreement,
     Reward,
     RoundResult,
     SelfTrainConfig,
     agreement,
     choose_round,
+    keep_most_agreeing,
     pseudo_label,
     selftrain,
     write_pseudo_dataset,
@@ -109,6 +112,54 @@ def test_reward_rejects_agreeing_views_with_a_low_wake_score() -> None:
     assert agreement(
         keypoints, visibility, np.array([[64.0, 64.0]]), [Path("a.png")], Reward(min_wake_score=0.1)
     )[0].kept
+
+
+def _chip(
+    name: str, vertex_spread_px: float, heading_spread_deg: float, wake_score: float = 0.9
+) -> ChipAgreement:
+    """A 300 x 400 px chip (diagonal 500 px) with these spreads, judged as `agreement` does."""
+    reward = Reward()
+    kept = (
+        vertex_spread_px <= reward.max_vertex_spread * 500
+        and heading_spread_deg <= reward.max_heading_spread_deg
+        and wake_score >= reward.min_wake_score
+    )
+    return ChipAgreement(
+        source=Path(name),
+        width=300,
+        height=400,
+        keypoints_px=np.array([[10.0, 20.0], [200.0, 300.0], [250.0, 350.0]]),
+        visible=np.ones(3, dtype=bool),
+        wake_score=wake_score,
+        vertex_spread_px=vertex_spread_px,
+        heading_deg=45.0,
+        heading_spread_deg=heading_spread_deg,
+        kept=kept,
+    )
+
+
+def test_min_kept_fraction_keeps_the_most_agreeing_chips_first() -> None:
+    chips = [
+        _chip("vertex-2x.png", vertex_spread_px=40.0, heading_spread_deg=1.0),  # 2x the limit
+        _chip("heading-3x.png", vertex_spread_px=1.0, heading_spread_deg=15.0),  # 3x
+        _chip("within.png", vertex_spread_px=5.0, heading_spread_deg=2.0),
+        _chip("both-1.5x.png", vertex_spread_px=30.0, heading_spread_deg=7.5),  # 1.5x
+        _chip("faint.png", vertex_spread_px=0.0, heading_spread_deg=0.0, wake_score=0.1),
+        _chip("unread.png", vertex_spread_px=float("nan"), heading_spread_deg=float("nan")),
+    ]
+    assert [c.kept for c in chips] == [False, False, True, False, False, False]
+    fixed = keep_most_agreeing(chips, Reward())  # 0: the thresholds stay fixed
+    assert [c.kept for c in fixed] == [c.kept for c in chips]
+
+    half = keep_most_agreeing(chips, Reward(min_kept_fraction=0.5))  # 3 of 6
+    kept_names = [c.source.name for c in half if c.kept]
+    assert kept_names == ["vertex-2x.png", "within.png", "both-1.5x.png"]
+    assert [c.source for c in half] == [c.source for c in chips]  # order and fields kept
+    assert half[0].vertex_spread_px == 40.0 and not chips[0].kept  # the input is not changed
+
+    everything = keep_most_agreeing(chips, Reward(min_kept_fraction=1.0))
+    # The faint chip and the one without spreads are never kept.
+    assert [c.kept for c in everything] == [True, True, True, True, False, False]
 
 
 class _ConstantReader:
@@ -283,16 +334,17 @@ def test_rerun_skips_finished_rounds_and_refuses_other_settings(
     assert refilled.rounds[0].val_metrics[mean_key] == pytest.approx(measured, rel=1e-5)
     assert mean_key in json.loads(summary_path.read_text())["val_metrics"]
 
-    other = SelfTrainConfig(
-        synthetic_dir,
-        unlabeled,
-        tmp_path / "out",
-        rounds=1,
-        train=_tiny_train(),
-        reward=Reward(max_heading_spread_deg=30.0),
-    )
-    with pytest.raises(InputError, match="other settings \\(reward\\)"):
-        selftrain(other)
+    # A run from before min_kept_fraction existed (fixed thresholds) is the same run.
+    settings_path = tmp_path / "out" / "settings.json"
+    settings = json.loads(settings_path.read_text())
+    del settings["reward"]["min_kept_fraction"]
+    settings_path.write_text(json.dumps(settings))
+    assert all(r.resumed for r in selftrain(config).rounds)
+
+    for reward in (Reward(max_heading_spread_deg=30.0), Reward(min_kept_fraction=0.5)):
+        other = replace(config, reward=reward)
+        with pytest.raises(InputError, match="other settings \\(reward\\)"):
+            selftrain(other)
 
 
 def test_choose_round_takes_the_earliest_lowest_finite_metric() -> None:

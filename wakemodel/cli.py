@@ -719,6 +719,14 @@ SELFTRAIN_TRAIN_FIELDS = (
     help="Keep a chip only if its views' mean wake score reaches this.",
 )
 @click.option(
+    "--min-kept-fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=Reward.min_kept_fraction,
+    show_default=True,
+    help="Keep at least this share of the unlabelled chips: when fewer pass, both spread "
+    "limits are scaled up until the most agreeing share does (0: fixed limits).",
+)
+@click.option(
     "--labeled-repeats",
     type=click.IntRange(min=1),
     default=SelfTrainConfig.labeled_repeats,
@@ -734,6 +742,7 @@ def selftrain_command(
     max_vertex_spread: float,
     max_heading_spread_deg: float,
     min_wake_score: float,
+    min_kept_fraction: float,
     labeled_repeats: int,
     **train_options: Any,
 ) -> None:
@@ -754,7 +763,9 @@ def selftrain_command(
             out_dir=out_dir,
             rounds=rounds,
             train=TrainConfig(**train_options),
-            reward=Reward(max_vertex_spread, max_heading_spread_deg, min_wake_score),
+            reward=Reward(
+                max_vertex_spread, max_heading_spread_deg, min_wake_score, min_kept_fraction
+            ),
             labeled_repeats=labeled_repeats,
         )
     )

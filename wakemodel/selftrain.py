@@ -8,7 +8,8 @@ Self-Training for Problem-Solving with Language Models"):
   unlabelled chip under the 8 dihedral views of its network input
   (:func:`wakemodel.tta.predict_views`). A binary reward (:func:`agreement`) keeps a chip
   only when the views agree: the vertices' spread and the headings' spread are
-  under thresholds and the mean wake score is high. The pseudo-label is the
+  under thresholds (scaled up when fewer than ``min_kept_fraction`` of the chips
+  pass) and the mean wake score is high. The pseudo-label is the
   views' consensus (their per-coordinate median, arm order matched to the plain
   view).
 - **M-step**: training starts again from the same starting weights (the
@@ -73,6 +74,7 @@ __all__ = [
     "agreement",
     "choose_round",
     "format_rounds",
+    "keep_most_agreeing",
     "pseudo_label",
     "selftrain",
     "validate_views",
@@ -123,11 +125,16 @@ class Reward:
         max_heading_spread_deg: Largest root-mean-square difference of the
             views' headings from the consensus heading (degrees).
         min_wake_score: Smallest mean wake score of the views (probability).
+        min_kept_fraction: Share of the chips to keep at least: when fewer pass
+            the two spread thresholds, both are scaled up by the same factor until
+            this share does (:func:`keep_most_agreeing`; the wake score stays a hard
+            limit). 0 keeps the thresholds fixed.
     """
 
     max_vertex_spread: float = 0.04
     max_heading_spread_deg: float = 5.0
     min_wake_score: float = DEFAULT_MIN_WAKE_SCORE
+    min_kept_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.max_vertex_spread > 0 or not self.max_heading_spread_deg > 0:
@@ -137,6 +144,24 @@ class Reward:
             )
         if not 0.0 <= self.min_wake_score <= 1.0:
             raise InputError(f"min_wake_score {self.min_wake_score!r}: must be in [0, 1].")
+        if not 0.0 <= self.min_kept_fraction <= 1.0:
+            raise InputError(f"min_kept_fraction {self.min_kept_fraction!r}: must be in [0, 1].")
+
+    def disagreement(self, vertex_spread: np.ndarray, heading_spread_deg: np.ndarray) -> np.ndarray:
+        """How far the views' spreads are past the thresholds (<= 1: within both).
+
+        Args:
+            vertex_spread: ``[B]`` vertex spreads, fractions of the chip diagonal.
+            heading_spread_deg: ``[B]`` heading spreads (degrees).
+
+        Returns:
+            ``[B]`` the larger of the two spreads over its threshold; inf where NaN.
+        """
+        ratio = np.maximum(
+            np.asarray(vertex_spread, dtype=np.float64) / self.max_vertex_spread,
+            np.asarray(heading_spread_deg, dtype=np.float64) / self.max_heading_spread_deg,
+        )
+        return np.where(np.isnan(ratio), np.inf, ratio)
 
 
 @dataclass
@@ -370,10 +395,8 @@ def agreement(
     )
     wake_score = mean_visibility[:, kp.VERTEX_SLOT]
     diagonal = np.hypot(sizes[:, 0], sizes[:, 1])
-    kept = (
-        (vertex_spread <= reward.max_vertex_spread * diagonal)
-        & (heading_spread <= reward.max_heading_spread_deg)
-        & (wake_score >= reward.min_wake_score)
+    kept = (reward.disagreement(vertex_spread / diagonal, heading_spread) <= 1.0) & (
+        wake_score >= reward.min_wake_score
     )
     return [
         ChipAgreement(
@@ -390,6 +413,39 @@ def agreement(
         )
         for i in range(len(sources))
     ]
+
+
+def keep_most_agreeing(chips: Sequence[ChipAgreement], reward: Reward) -> list[ChipAgreement]:
+    """Keep at least ``reward.min_kept_fraction`` of the chips, the most agreeing first.
+
+    Args:
+        chips: Every unlabelled chip's agreement, as :func:`agreement` judged it.
+        reward: The thresholds and the share to keep.
+
+    Returns:
+        ``chips`` with ``kept`` set also on the chips with the lowest
+        :meth:`Reward.disagreement` until ``ceil(min_kept_fraction * len(chips))``
+        are kept; chips under ``min_wake_score`` or with NaN spreads stay rejected.
+    """
+    wanted = math.ceil(reward.min_kept_fraction * len(chips))
+    if sum(chip.kept for chip in chips) >= wanted:
+        return list(chips)
+    disagreement = reward.disagreement(
+        np.array([chip.vertex_spread for chip in chips]),
+        np.array([chip.heading_spread_deg for chip in chips]),
+    )
+    eligible = np.isfinite(disagreement) & np.array(
+        [chip.wake_score >= reward.min_wake_score for chip in chips]
+    )
+    ranked = [i for i in np.argsort(disagreement, kind="stable") if eligible[i]][:wanted]
+    if ranked:
+        logger.info(
+            "Kept the %d most agreeing chips: spread thresholds scaled by %.3g",
+            len(ranked),
+            max(1.0, float(disagreement[ranked[-1]])),
+        )
+    chosen = set(ranked)
+    return [replace(chip, kept=chip.kept or i in chosen) for i, chip in enumerate(chips)]
 
 
 def _read_batches(
@@ -446,7 +502,8 @@ def pseudo_label(
         description: Text before the bar.
 
     Returns:
-        One :class:`ChipAgreement` per readable chip, in input order.
+        One :class:`ChipAgreement` per readable chip, in input order, with at
+        least ``reward.min_kept_fraction`` of them kept (:func:`keep_most_agreeing`).
 
     Raises:
         WakeModelError: The model cannot be loaded.
@@ -467,7 +524,7 @@ def pseudo_label(
                 keypoints, visibility, _ = predict_views(predictor, images)
                 results.extend(agreement(keypoints, visibility, sizes, sources, reward))
             bar.advance(task, tried)
-    return results
+    return keep_most_agreeing(results, reward)
 
 
 def _link(source: Path, target: Path) -> None:
@@ -593,6 +650,8 @@ def _check_settings(config: SelfTrainConfig) -> None:
     settings = json.loads(json.dumps(_settings(config)))
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
+        # Runs from before min_kept_fraction existed kept the thresholds fixed.
+        stored.get("reward", {}).setdefault("min_kept_fraction", 0.0)
         if stored != settings:
             changed = sorted(key for key in settings if stored.get(key) != settings[key])
             raise InputError(
