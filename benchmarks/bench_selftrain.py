@@ -1,4 +1,4 @@
-"""Self-training (issue 13): what unlabelled chips add to 60 labelled ones.
+r"""Self-training (issue 13): what unlabelled chips add to 60 labelled ones.
 
 All on synthetic chips with known truth (``--min-size``/``--max-size`` px sides):
 labelled = ``--labeled`` chips of seed ``--labeled-seed`` (default style);
@@ -25,14 +25,21 @@ rejected chips); the round each selection rule picks (:data:`SELECT_METRICS`: th
 best epoch's single-view median on the labelled validation chips, and the 8-view median
 and mean there, the default); the gap closed by the round that the labelled validation chose.
 
-Usage (from the repository root; about 2 + (2 + 2 x rounds) x (max-time + 1) minutes)::
+``--min-kept-fraction`` sets :attr:`wakemodel.selftrain.Reward.min_kept_fraction`;
+several values run (b) once per value and mode on the same round 0 (and ceiling).
+
+Usage (from the repository root; about
+2 + (2 + modes x fractions x rounds) x (max-time + 1) minutes)::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_selftrain.py
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_selftrain.py \
+        --modes shift --min-kept-fraction 0 0.1
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -97,8 +104,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--min-kept-fraction",
         type=float,
-        default=Reward.min_kept_fraction,
-        help="Reward.min_kept_fraction: keep at least this share of the unlabelled chips.",
+        nargs="+",
+        default=[Reward.min_kept_fraction],
+        help="Reward.min_kept_fraction: keep at least this share of the unlabelled chips; "
+        "several values run (b) once each, side by side, on the same round 0.",
     )
     parser.add_argument("--json", type=Path, help="Also write the results as JSON.")
     return parser.parse_args()
@@ -255,31 +264,34 @@ def main() -> None:
         f"torch {torch.__version__}, {platform.machine()} {os.cpu_count()} cores; "
         f"image {args.image_size} px, chips {args.min_size}-{args.max_size} px, "
         f"{args.max_time} per training, {args.rounds} rounds, "
-        f"min kept fraction {args.min_kept_fraction:g}"
+        f"min kept fraction {', '.join(f'{f:g}' for f in args.min_kept_fraction)}"
     )
     summary: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
-    for mode in args.modes:
+    round_0: Path | None = None
+    for mode, fraction in itertools.product(args.modes, args.min_kept_fraction):
         style = "default" if mode == "iid" else "shifted"
         truth = _dataset(
             data, f"unlabeled-{style}", args.unlabeled, args.unlabeled_seed, style, args
         )
         heldout = _dataset(data, f"heldout-{style}", args.heldout, args.heldout_seed, style, args)
         unlabeled = _images_only(truth, data / f"unlabeled-{style}-images")
-        out = args.out / mode
-        if mode == "shift" and "iid" in args.modes:
-            # (a) is the same model in both modes: reuse the iid run's round 0.
+        name, out = mode, args.out / mode
+        if len(args.min_kept_fraction) > 1:
+            name, out = f"{mode}, min kept {fraction:g}", args.out / f"{mode}-kept{fraction:g}"
+        if round_0 is not None:
+            # (a) is the same model in every mode and for every reward: train it once.
             (out / "round_0").mkdir(parents=True, exist_ok=True)
-            source = args.out / "iid" / "round_0" / ROUND_FILE
-            (out / "round_0" / ROUND_FILE).write_text(source.read_text(encoding="utf-8"))
+            (out / "round_0" / ROUND_FILE).write_text(round_0.read_text(encoding="utf-8"))
         config = SelfTrainConfig(
             labeled,
             unlabeled,
             out,
             rounds=args.rounds,
             train=base,
-            reward=Reward(min_kept_fraction=args.min_kept_fraction),
+            reward=Reward(min_kept_fraction=fraction),
         )
         result = selftrain(config)
+        round_0 = round_0 or out / "round_0" / ROUND_FILE
         rows = []
         for r in result.rounds:
             row = {
@@ -294,7 +306,7 @@ def main() -> None:
             if r.round:
                 row["pseudo"] = _pseudo_precision(out / f"round_{r.round}", truth)
             rows.append(row)
-        if mode == "iid":
+        if mode == "iid":  # (c) does not depend on the reward: trained once, then read back
             checkpoint, wall_s = _ceiling(config, truth, args.out / "ceiling")
             rows.append(
                 {
@@ -309,7 +321,7 @@ def main() -> None:
                     **_held_out(checkpoint, heldout),
                 }
             )
-        _print_mode(mode, rows, result)
+        _print_mode(name, rows, result)
         for metric in SELECT_METRICS:
             picked = rows[choose_round(result.rounds, metric)]
             print(
@@ -334,7 +346,7 @@ def main() -> None:
                 f"(b) round {result.best_round} {chosen['heading_median_deg']:.2f}: "
                 f"{gain:.0%} better (target >= 30%)"
             )
-        summary[mode] = {
+        summary[name] = {
             "best_round": result.best_round,
             "select_metric": result.select_metric,
             "rows": rows,
