@@ -157,6 +157,11 @@ def test_min_kept_fraction_keeps_the_most_agreeing_chips_first() -> None:
     assert [c.source for c in half] == [c.source for c in chips]  # order and fields kept
     assert half[0].vertex_spread_px == 40.0 and not chips[0].kept  # the input is not changed
 
+    # 0.4 x 6 = 2.4: three chips. 0.7 x 10 is 7.000000000000001 in floating point: seven, not eight.
+    assert sum(c.kept for c in keep_most_agreeing(chips, Reward(min_kept_fraction=0.4))) == 3
+    ten = chips[:4] * 2 + chips[4:]  # eight eligible chips
+    assert sum(c.kept for c in keep_most_agreeing(ten, Reward(min_kept_fraction=0.7))) == 7
+
     everything = keep_most_agreeing(chips, Reward(min_kept_fraction=1.0))
     # The faint chip and the one without spreads are never kept.
     assert [c.kept for c in everything] == [True, True, True, True, False, False]

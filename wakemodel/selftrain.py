@@ -427,7 +427,7 @@ def keep_most_agreeing(chips: Sequence[ChipAgreement], reward: Reward) -> list[C
         :meth:`Reward.disagreement` until ``ceil(min_kept_fraction * len(chips))``
         are kept; chips under ``min_wake_score`` or with NaN spreads stay rejected.
     """
-    wanted = math.ceil(reward.min_kept_fraction * len(chips))
+    wanted = math.ceil(round(reward.min_kept_fraction * len(chips), 6))  # 0.7 * 10 is 7, not 8
     if sum(chip.kept for chip in chips) >= wanted:
         return list(chips)
     disagreement = reward.disagreement(
