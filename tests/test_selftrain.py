@@ -25,6 +25,7 @@ from wakemodel.selftrain import (
     keep_most_agreeing,
     pseudo_label,
     selftrain,
+    validate_views,
     write_pseudo_dataset,
 )
 from wakemodel.synthetic import generate_dataset, render_chip
@@ -257,20 +258,29 @@ def test_cli_synth_style(tmp_path: Path) -> None:
         ).read_bytes()
 
 
-@pytest.mark.parametrize("case", ["no labelled folder", "no unlabelled folder", "no images"])
+@pytest.mark.parametrize(
+    "case",
+    ["no labelled folder", "no unlabelled folder", "no images", "no val folder", "no val wake"],
+)
 def test_cli_bad_folders_are_one_line_errors(tmp_path: Path, synthetic_dir: Path, case) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    labeled, unlabeled, message = {
-        "no labelled folder": (tmp_path / "missing", empty, "--labeled"),
-        "no unlabelled folder": (synthetic_dir, tmp_path / "missing", "--unlabeled"),
-        "no images": (synthetic_dir, empty, "No images"),
+    images = _images_only(synthetic_dir, tmp_path / "images")
+    negatives = tmp_path / "negatives"
+    (negatives / "annotations").mkdir(parents=True)
+    (negatives / "imgs").symlink_to(synthetic_dir / "imgs")
+    for image in images.iterdir():
+        (negatives / "annotations" / f"{image.stem}.json").write_text('{"tooltips": []}')
+    labeled, unlabeled, val, message = {
+        "no labelled folder": (tmp_path / "missing", empty, None, "--labeled"),
+        "no unlabelled folder": (synthetic_dir, tmp_path / "missing", None, "--unlabeled"),
+        "no images": (synthetic_dir, empty, None, "No images"),
+        "no val folder": (synthetic_dir, images, tmp_path / "missing", "--val"),
+        "no val wake": (synthetic_dir, images, negatives, "no chip with an annotated wake"),
     }[case]
-    out = tmp_path / "out"
-    result = CliRunner().invoke(
-        main,
-        ["selftrain", "--labeled", str(labeled), "--unlabeled", str(unlabeled), "--out", str(out)],
-    )
+    out = str(tmp_path / "out")
+    args = ["selftrain", "--labeled", str(labeled), "--unlabeled", str(unlabeled), "--out", out]
+    result = CliRunner().invoke(main, args if val is None else [*args, "--val", str(val)])
     assert result.exit_code == 2
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: ") and message in line
@@ -339,10 +349,11 @@ def test_rerun_skips_finished_rounds_and_refuses_other_settings(
     assert refilled.rounds[0].val_metrics[mean_key] == pytest.approx(measured, rel=1e-5)
     assert mean_key in json.loads(summary_path.read_text())["val_metrics"]
 
-    # A run from before min_kept_fraction existed (fixed thresholds) is the same run.
+    # A run from before min_kept_fraction and val_dir existed (fixed thresholds, a
+    # labelled split) is the same run.
     settings_path = tmp_path / "out" / "settings.json"
     settings = json.loads(settings_path.read_text())
-    del settings["reward"]["min_kept_fraction"]
+    del settings["reward"]["min_kept_fraction"], settings["val_dir"]
     settings_path.write_text(json.dumps(settings))
     assert all(r.resumed for r in selftrain(config).rounds)
 
@@ -350,6 +361,32 @@ def test_rerun_skips_finished_rounds_and_refuses_other_settings(
         other = replace(config, reward=reward)
         with pytest.raises(InputError, match="other settings \\(reward\\)"):
             selftrain(other)
+
+
+def test_val_dir_validates_every_round_and_all_labelled_chips_train(
+    tmp_path: Path, synthetic_dir: Path, make_synthetic_dir
+) -> None:
+    val = make_synthetic_dir(count=6, seed=5)
+    unlabeled = _images_only(make_synthetic_dir(count=4, seed=9), tmp_path / "unlabeled")
+    config = SelfTrainConfig(
+        synthetic_dir, unlabeled, tmp_path / "out", rounds=1, train=_tiny_train(), val_dir=val
+    )
+    result = selftrain(config)
+    labeled, val_records = scan_dataset(synthetic_dir), scan_dataset(val)
+    mean_key = f"{VIEW_METRICS_PREFIX}heading_error_mean_deg"
+    for r in result.rounds:
+        splits = tmp_path / "out" / f"round_{r.round}" / "train_data" / "splits"
+        train_names = (splits / "train.txt").read_text().split()
+        assert sum(not name.startswith("p-") for name in train_names) == len(labeled) * (
+            config.labeled_repeats if r.round else 1
+        )
+        assert (splits / "val.txt").read_text().split() == [f"v-{v.name}" for v in val_records]
+        on_val = validate_views(r.checkpoint, val_records, data_dir=val, accelerator="cpu")
+        assert r.val_metrics[mean_key] == pytest.approx(on_val[mean_key], rel=1e-5)
+    settings = json.loads((tmp_path / "out" / "settings.json").read_text())
+    assert settings["val_dir"] == str(val.resolve())
+    with pytest.raises(InputError, match="other settings \\(val_dir\\)"):
+        selftrain(replace(config, val_dir=None))
 
 
 def test_choose_round_takes_the_earliest_lowest_finite_metric() -> None:

@@ -670,7 +670,16 @@ SELFTRAIN_TRAIN_FIELDS = (
     "labeled_dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="Labelled dataset (imgs/ and annotations/); its validation split chooses the round.",
+    help="Labelled dataset (imgs/ and annotations/); its validation split chooses the round "
+    "unless --val is given.",
+)
+@click.option(
+    "--val",
+    "val_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Labelled dataset that validates every round instead of a split of --labeled "
+    "(a few labelled chips of the unlabelled imagery); all of --labeled then trains.",
 )
 @click.option(
     "--unlabeled",
@@ -737,6 +746,7 @@ SELFTRAIN_TRAIN_FIELDS = (
 def selftrain_command(
     labeled_dir: Path,
     unlabeled_dir: Path,
+    val_dir: Path | None,
     rounds: int,
     out_dir: Path,
     max_vertex_spread: float,
@@ -767,6 +777,7 @@ def selftrain_command(
                 max_vertex_spread, max_heading_spread_deg, min_wake_score, min_kept_fraction
             ),
             labeled_repeats=labeled_repeats,
+            val_dir=val_dir,
         )
     )
     click.echo(format_rounds(result))

@@ -17,8 +17,11 @@ Self-Training for Problem-Solving with Language Models"):
   ``seed``), never from the previous round's model, on the labelled training
   chips (repeated ``labeled_repeats`` times, so they weigh more) plus the kept
   pseudo-labelled chips. Validation uses labelled chips only, the same ones every
-  round, and the best round is the one with the lowest ``select_metric`` there
-  (by default the mean heading error with the 8 views combined, :func:`validate_views`).
+  round: a split of the labelled chips, or a labelled dataset of its own
+  (``val_dir``, ``--val``: a few chips of the imagery to be read, when it differs
+  from the labelled chips). The best round is the one with the lowest
+  ``select_metric`` there (by default the mean heading error with the 8 views
+  combined, :func:`validate_views`).
 
 Layout of ``OUT`` (``--out``)::
 
@@ -94,6 +97,9 @@ SETTINGS_FILE = "settings.json"
 
 LABELED_PREFIX = "l"
 """Names of labelled chips in a round's training set: ``l0-NAME`` (``l1-NAME`` ... repeats)."""
+
+VAL_PREFIX = "v-"
+"""Names of the validation chips in a round's training set: ``v-NAME``."""
 
 PSEUDO_PREFIX = "p-"
 """Names of pseudo-labelled chips in a round's training set: ``p-NAME``."""
@@ -180,7 +186,11 @@ class SelfTrainConfig:
         labeled_repeats: Times each labelled training chip appears in the
             training set of a round with pseudo-labels (its weight).
         val_fraction: Share of the labelled chips held out for validation
-            (the same chips every round; they select the best round).
+            (the same chips every round; they select the best round). Unused
+            with ``val_dir``.
+        val_dir: A labelled dataset that validates every round instead (its
+            checkpoint and the best round); all of ``labeled_dir`` then trains.
+            For a few labelled chips of the imagery the unlabelled chips come from.
         select_metric: Validation metric (lower is better) choosing the best round:
             a ``val/`` metric of the training run's best epoch (single view) or a
             ``val_views/`` one (:func:`validate_views`, the 8 views combined).
@@ -195,6 +205,7 @@ class SelfTrainConfig:
     reward: Reward = field(default_factory=Reward)
     labeled_repeats: int = 3
     val_fraction: float = 0.2
+    val_dir: Path | None = None
     select_metric: str = f"{VIEW_METRICS_PREFIX}heading_error_mean_deg"
     batch_size: int = 32
 
@@ -202,6 +213,7 @@ class SelfTrainConfig:
         self.labeled_dir = Path(self.labeled_dir)
         self.unlabeled_dir = Path(self.unlabeled_dir)
         self.out_dir = Path(self.out_dir)
+        self.val_dir = None if self.val_dir is None else Path(self.val_dir)
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
             raise InputError(f"--rounds {self.rounds!r}: must be 0 or more.")
         if self.labeled_repeats < 1:
@@ -584,7 +596,7 @@ def write_training_set(
 
     Labelled training chips appear ``repeats`` times (``l0-NAME``, ``l1-NAME`` ...)
     and the pseudo-labelled ones once (``p-NAME``) in ``train.txt``; the labelled
-    validation chips alone are in ``val.txt``; ``test.txt`` is empty.
+    validation chips alone are in ``val.txt`` (``v-NAME``); ``test.txt`` is empty.
 
     Args:
         folder: The folder to (re)create.
@@ -611,7 +623,7 @@ def write_training_set(
         for r in range(repeats)
     ]
     val_names = [
-        add(f"{LABELED_PREFIX}0-{record.name}", record.image_path, record.annotation_path)
+        add(f"{VAL_PREFIX}{record.name}", record.image_path, record.annotation_path)
         for record in labeled_val
     ]
     if pseudo_dir is not None:
@@ -627,6 +639,27 @@ def write_training_set(
     return len(train_names)
 
 
+def _validation_records(folder: Path) -> list[WakeRecord]:
+    """The labelled chips of ``--val`` (at least one with a wake).
+
+    Raises:
+        InputError: ``folder`` is not a dataset or holds no chip with a wake.
+    """
+    from wakemodel.records import scan_dataset
+
+    if not folder.is_dir():
+        raise InputError(
+            f"--val {folder}: no such folder; pass a labelled dataset with imgs/ and annotations/."
+        )
+    records = scan_dataset(folder)
+    if not any(record.has_wake for record in records):
+        raise InputError(
+            f"--val {folder}: no chip with an annotated wake; the rounds are chosen by their "
+            "heading error there, so label at least one wake."
+        )
+    return records
+
+
 def _settings(config: SelfTrainConfig) -> dict[str, Any]:
     """What a rerun must share with the first call (``rounds`` may grow)."""
     run = {k: v for k, v in config_to_dict(config.train).items() if k not in _RUN_SETTINGS_IGNORED}
@@ -636,6 +669,7 @@ def _settings(config: SelfTrainConfig) -> dict[str, Any]:
         "reward": dataclasses.asdict(config.reward),
         "labeled_repeats": config.labeled_repeats,
         "val_fraction": config.val_fraction,
+        "val_dir": None if config.val_dir is None else str(config.val_dir.resolve()),
         "train": run,
     }
 
@@ -652,6 +686,7 @@ def _check_settings(config: SelfTrainConfig) -> None:
         stored = json.loads(path.read_text(encoding="utf-8"))
         # Runs from before min_kept_fraction existed kept the thresholds fixed.
         stored.get("reward", {}).setdefault("min_kept_fraction", 0.0)
+        stored.setdefault("val_dir", None)  # runs from before val_dir: a labelled split
         if stored != settings:
             changed = sorted(key for key in settings if stored.get(key) != settings[key])
             raise InputError(
@@ -753,13 +788,18 @@ def selftrain(config: SelfTrainConfig) -> SelfTrainResult:
         )
     unlabeled = _unlabeled_images(config.unlabeled_dir)
     records = scan_dataset(config.labeled_dir)
-    fractions = (1.0 - config.val_fraction, config.val_fraction, 0.0)
-    parts = split_records(records, config.train.seed, fractions)
-    if not parts["val"] or not parts["train"]:
-        raise InputError(
-            f"--labeled {config.labeled_dir}: {len(records)} usable chips are too few for a "
-            "training and a validation split; label more chips."
-        )
+    if config.val_dir is None:
+        fractions = (1.0 - config.val_fraction, config.val_fraction, 0.0)
+        parts = split_records(records, config.train.seed, fractions)
+        val_root = config.labeled_dir
+        if not parts["val"] or not parts["train"]:
+            raise InputError(
+                f"--labeled {config.labeled_dir}: {len(records)} usable chips are too few for "
+                "a training and a validation split; label more chips or pass --val DIR."
+            )
+    else:
+        parts = {"train": records, "val": _validation_records(config.val_dir)}
+        val_root = config.val_dir
     config.out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(config)
     logger.info(
@@ -775,7 +815,7 @@ def selftrain(config: SelfTrainConfig) -> SelfTrainResult:
         return validate_views(
             checkpoint,
             parts["val"],
-            data_dir=config.labeled_dir,
+            data_dir=val_root,
             accelerator=config.train.accelerator,
         )
 
