@@ -6,7 +6,7 @@ unlabelled = ``--unlabeled`` chips of seed ``--unlabeled-seed`` whose annotation
 are hidden (only their images are passed on); held out = ``--heldout`` chips of
 seed ``--heldout-seed``. Side by side, every training with the same settings and
 wall-clock budget (``--max-time`` per training, ``--image-size``, random starting
-weights, seed 0) and the same labelled validation chips:
+weights, training seed 0) and the same labelled validation chips:
 
 - (a) supervised on the labelled chips (self-training's round 0);
 - (b) self-training rounds 1..``--rounds`` (:func:`wakemodel.selftrain.selftrain`);
@@ -15,7 +15,10 @@ weights, seed 0) and the same labelled validation chips:
 
 Mode ``iid``: unlabelled and held-out chips of the default style. Mode ``shift``:
 unlabelled and held-out chips of the ``shifted`` style (``synth --style shifted``),
-labelled chips still of the default style; (a) is the same model as in ``iid``.
+labelled chips still of the default style. With ``--shift-val 0`` it validates on
+the labelled split like ``iid`` ((a) is then the same model); with ``--shift-val N``
+on ``N`` labelled shifted chips of seed ``--val-seed`` (``selftrain --val``: every
+labelled chip trains, these chips choose each round's checkpoint and the round).
 
 Printed per mode: the held-out heading error (median, p90; degrees) and vertex error
 (median, pixels and share of the wake length) of every model; the pseudo-labels'
@@ -26,14 +29,19 @@ best epoch's single-view median on the labelled validation chips, and the 8-view
 and mean there, the default); the gap closed by the round that the labelled validation chose.
 
 ``--min-kept-fraction`` sets :attr:`wakemodel.selftrain.Reward.min_kept_fraction`;
-several values run (b) once per value and mode on the same round 0 (and ceiling).
+several values run (b) once per value and mode on the same round 0 (and ceiling);
+several ``--shift-val`` counts run the shift mode once per count. ``--seeds``
+repeats everything per training seed (starting weights, labelled split, shuffling
+and augmentation) and ends with every run's gain and their median over the seeds.
 
-Usage (from the repository root; about
-2 + (2 + modes x fractions x rounds) x (max-time + 1) minutes)::
+Usage (from the repository root; about 2 + (2 + runs x rounds + shift-val counts
+above 0) x (max-time + 1) minutes, runs = fractions x (iid + shift-val counts))::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_selftrain.py
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_selftrain.py \
         --modes shift --min-kept-fraction 0 0.1
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_selftrain.py \
+        --modes shift --min-kept-fraction 0.1 --shift-val 0 20
 """
 
 from __future__ import annotations
@@ -93,6 +101,18 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--labeled-seed", type=int, default=1)
     parser.add_argument("--unlabeled-seed", type=int, default=2)
     parser.add_argument("--heldout-seed", type=int, default=3)
+    parser.add_argument(
+        "--shift-val",
+        type=int,
+        nargs="+",
+        default=[20],
+        help="Labelled shifted chips validating the shift mode (0: the labelled split); "
+        "several counts run the shift mode once each.",
+    )
+    parser.add_argument("--val-seed", type=int, default=4)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="Training seeds, one run each."
+    )
     parser.add_argument("--min-size", type=int, default=64)
     parser.add_argument("--max-size", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=64)
@@ -264,34 +284,55 @@ def main() -> None:
         f"torch {torch.__version__}, {platform.machine()} {os.cpu_count()} cores; "
         f"image {args.image_size} px, chips {args.min_size}-{args.max_size} px, "
         f"{args.max_time} per training, {args.rounds} rounds, "
-        f"min kept fraction {', '.join(f'{f:g}' for f in args.min_kept_fraction)}"
+        f"min kept fraction {', '.join(f'{f:g}' for f in args.min_kept_fraction)}; "
+        f"shift validated on {' / '.join(f'{n} shifted' if n else 'split' for n in args.shift_val)}"
     )
     summary: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
-    round_0: Path | None = None
-    for mode, fraction in itertools.product(args.modes, args.min_kept_fraction):
+    round_0: dict[tuple[int, int], Path] = {}  # round 0 per (shifted val count, seed)
+    arms = [
+        (seed, mode, fraction, val_count)
+        for seed, mode, fraction in itertools.product(
+            args.seeds, args.modes, args.min_kept_fraction
+        )
+        for val_count in (args.shift_val if mode == "shift" else [0])
+    ]
+    gains: dict[str, list[tuple[int, list[float], int]]] = {}  # (seed, medians, chosen)
+    for seed, mode, fraction, val_count in arms:
         style = "default" if mode == "iid" else "shifted"
         truth = _dataset(
             data, f"unlabeled-{style}", args.unlabeled, args.unlabeled_seed, style, args
         )
         heldout = _dataset(data, f"heldout-{style}", args.heldout, args.heldout_seed, style, args)
         unlabeled = _images_only(truth, data / f"unlabeled-{style}-images")
+        val_dir = None
+        if val_count:
+            val_dir = _dataset(
+                data, f"val-{style}-{val_count}", val_count, args.val_seed, style, args
+            )
         name, out = mode, args.out / mode
         if len(args.min_kept_fraction) > 1:
             name, out = f"{mode}, min kept {fraction:g}", args.out / f"{mode}-kept{fraction:g}"
-        if round_0 is not None:
-            # (a) is the same model in every mode and for every reward: train it once.
+        if mode == "shift" and len(args.shift_val) > 1:
+            name, out = f"{name}, {val_count} val", out.with_name(f"{out.name}-val{val_count}")
+        run_name, ceiling_dir = name, args.out / "ceiling"
+        if len(args.seeds) > 1:
+            name, out = f"{name}, seed {seed}", out.with_name(f"{out.name}-seed{seed}")
+            ceiling_dir = ceiling_dir.with_name(f"ceiling-seed{seed}")
+        if (val_count, seed) in round_0:
+            # (a) is the same model for every mode and reward validated alike: train it once.
             (out / "round_0").mkdir(parents=True, exist_ok=True)
-            (out / "round_0" / ROUND_FILE).write_text(round_0.read_text(encoding="utf-8"))
+            (out / "round_0" / ROUND_FILE).write_text(round_0[val_count, seed].read_text("utf-8"))
         config = SelfTrainConfig(
             labeled,
             unlabeled,
             out,
             rounds=args.rounds,
-            train=base,
+            train=replace(base, seed=seed),
             reward=Reward(min_kept_fraction=fraction),
+            val_dir=val_dir,
         )
         result = selftrain(config)
-        round_0 = round_0 or out / "round_0" / ROUND_FILE
+        round_0.setdefault((val_count, seed), out / "round_0" / ROUND_FILE)
         rows = []
         for r in result.rounds:
             row = {
@@ -307,13 +348,13 @@ def main() -> None:
                 row["pseudo"] = _pseudo_precision(out / f"round_{r.round}", truth)
             rows.append(row)
         if mode == "iid":  # (c) does not depend on the reward: trained once, then read back
-            checkpoint, wall_s = _ceiling(config, truth, args.out / "ceiling")
+            checkpoint, wall_s = _ceiling(config, truth, ceiling_dir)
             rows.append(
                 {
                     "model": "(c) ceiling",
                     "train_chips": sum(
                         1
-                        for _ in (args.out / "ceiling" / "train_data" / "splits" / "train.txt")
+                        for _ in (ceiling_dir / "train_data" / "splits" / "train.txt")
                         .read_text()
                         .splitlines()
                     ),
@@ -346,11 +387,32 @@ def main() -> None:
                 f"(b) round {result.best_round} {chosen['heading_median_deg']:.2f}: "
                 f"{gain:.0%} better (target >= 30%)"
             )
+        medians = [row["heading_median_deg"] for row in rows[: len(result.rounds)]]
+        gains.setdefault(run_name, []).append((seed, medians, result.best_round))
         summary[name] = {
+            "seed": seed,
             "best_round": result.best_round,
             "select_metric": result.select_metric,
             "rows": rows,
         }
+    if len(args.seeds) > 1:
+        print("\n== held-out median heading error per seed (gain relative to (a))")
+        for run_name, runs in gains.items():
+            print(f"{run_name}:")
+            best_gains, chosen_gains = [], []
+            for seed, medians, chosen in runs:
+                best = 1 + int(np.argmin(medians[1:])) if len(medians) > 1 else 0
+                best_gains.append(1 - medians[best] / medians[0])
+                chosen_gains.append(1 - medians[chosen] / medians[0])
+                print(
+                    f"  seed {seed}: (a) {medians[0]:.2f}°, best round {best} "
+                    f"{medians[best]:.2f}° ({best_gains[-1]:+.0%}), chosen round {chosen} "
+                    f"{medians[chosen]:.2f}° ({chosen_gains[-1]:+.0%})"
+                )
+            print(
+                f"  median over {len(runs)} seeds: best round {np.median(best_gains):+.0%}, "
+                f"chosen round {np.median(chosen_gains):+.0%}"
+            )
     print(f"\nTotal wall time: {(time.monotonic() - start) / 60:.1f} min")
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
