@@ -15,7 +15,7 @@ weights, training seed 0) and the same labelled validation chips:
 
 Mode ``iid``: unlabelled and held-out chips of the default style. Mode ``shift``:
 unlabelled and held-out chips of the ``shifted`` style (``synth --style shifted``),
-labelled chips still of the default style. With ``--shift-val 0`` it validates on
+labelled chips still of the default style. With ``--shift-val 0`` (the default) it validates on
 the labelled split like ``iid`` ((a) is then the same model); with ``--shift-val N``
 on ``N`` labelled shifted chips of seed ``--val-seed`` (``selftrain --val``: every
 labelled chip trains, these chips choose each round's checkpoint and the round).
@@ -105,7 +105,7 @@ def _parse_args() -> argparse.Namespace:
         "--shift-val",
         type=int,
         nargs="+",
-        default=[20],
+        default=[0],
         help="Labelled shifted chips validating the shift mode (0: the labelled split); "
         "several counts run the shift mode once each.",
     )
