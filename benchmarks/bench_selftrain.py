@@ -65,6 +65,7 @@ from wakemodel import keypoints as kp
 from wakemodel.evaluate import evaluate
 from wakemodel.records import scan_dataset, split_records
 from wakemodel.selftrain import (
+    ROUND_CHECKPOINTS,
     ROUND_FILE,
     VIEW_METRICS_PREFIX,
     Reward,
@@ -128,6 +129,12 @@ def _parse_args() -> argparse.Namespace:
         default=[Reward.min_kept_fraction],
         help="Reward.min_kept_fraction: keep at least this share of the unlabelled chips; "
         "several values run (b) once each, side by side, on the same round 0.",
+    )
+    parser.add_argument(
+        "--round-checkpoint",
+        choices=ROUND_CHECKPOINTS,
+        default=SelfTrainConfig.round_checkpoint,
+        help="SelfTrainConfig.round_checkpoint, also the ceiling's checkpoint.",
     )
     parser.add_argument("--json", type=Path, help="Also write the results as JSON.")
     return parser.parse_args()
@@ -222,6 +229,8 @@ def _ceiling(config: SelfTrainConfig, truth: Path, folder: Path) -> tuple[Path, 
         )
     )
     checkpoint = result.best_checkpoint or result.last_checkpoint
+    if config.round_checkpoint == "last":
+        checkpoint = result.last_checkpoint or checkpoint
     assert checkpoint is not None
     wall_s = time.monotonic() - start
     done.write_text(json.dumps({"checkpoint": str(checkpoint), "wall_s": wall_s}))
@@ -330,6 +339,7 @@ def main() -> None:
             train=replace(base, seed=seed),
             reward=Reward(min_kept_fraction=fraction),
             val_dir=val_dir,
+            round_checkpoint=args.round_checkpoint,
         )
         result = selftrain(config)
         round_0.setdefault((val_count, seed), out / "round_0" / ROUND_FILE)

@@ -389,6 +389,27 @@ def test_val_dir_validates_every_round_and_all_labelled_chips_train(
         selftrain(replace(config, val_dir=None))
 
 
+def test_round_checkpoint_last_takes_the_last_epoch(
+    tmp_path: Path, synthetic_dir: Path, make_synthetic_dir
+) -> None:
+    unlabeled = _images_only(make_synthetic_dir(count=4, seed=9), tmp_path / "unlabeled")
+    config = SelfTrainConfig(
+        synthetic_dir,
+        unlabeled,
+        tmp_path / "out",
+        rounds=0,
+        train=_tiny_train(epochs=2),
+        round_checkpoint="last",
+    )
+    (round_0,) = selftrain(config).rounds
+    assert round_0.checkpoint.name == "last.ckpt"
+    assert np.isfinite(round_0.val_metrics["val/loss"])  # the last epoch's
+    with pytest.raises(InputError, match="other settings \\(round_checkpoint\\)"):
+        selftrain(replace(config, round_checkpoint="best"))
+    with pytest.raises(InputError, match="--round-checkpoint 'first'"):
+        replace(config, round_checkpoint="first")
+
+
 def test_choose_round_takes_the_earliest_lowest_finite_metric() -> None:
     def round_with(index: int, value: float | None) -> RoundResult:
         metrics = {} if value is None else {"m": value}

@@ -24,7 +24,7 @@ from wakemodel.devices import ACCELERATORS, available_cores
 from wakemodel.download import API_URL
 from wakemodel.errors import WakeModelError, first_line
 from wakemodel.metrics import DEFAULT_GSD_M
-from wakemodel.selftrain import Reward, SelfTrainConfig
+from wakemodel.selftrain import ROUND_CHECKPOINTS, Reward, SelfTrainConfig
 from wakemodel.tta import DEFAULT_TTA
 
 ACCELERATOR_CHOICES = list(ACCELERATORS)
@@ -736,6 +736,14 @@ SELFTRAIN_TRAIN_FIELDS = (
     "limits are scaled up until the most agreeing share does (0: fixed limits).",
 )
 @click.option(
+    "--round-checkpoint",
+    type=click.Choice(ROUND_CHECKPOINTS),
+    default=SelfTrainConfig.round_checkpoint,
+    show_default=True,
+    help="A round's model: its training's checkpoint with the lowest validation loss (best) "
+    "or its last, annealed epoch (last).",
+)
+@click.option(
     "--labeled-repeats",
     type=click.IntRange(min=1),
     default=SelfTrainConfig.labeled_repeats,
@@ -753,6 +761,7 @@ def selftrain_command(
     max_heading_spread_deg: float,
     min_wake_score: float,
     min_kept_fraction: float,
+    round_checkpoint: str,
     labeled_repeats: int,
     **train_options: Any,
 ) -> None:
@@ -778,6 +787,7 @@ def selftrain_command(
             ),
             labeled_repeats=labeled_repeats,
             val_dir=val_dir,
+            round_checkpoint=round_checkpoint,
         )
     )
     click.echo(format_rounds(result))

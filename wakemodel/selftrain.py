@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ROUND_CHECKPOINTS",
     "VIEW_METRICS_PREFIX",
     "ChipAgreement",
     "Reward",
@@ -100,6 +101,9 @@ LABELED_PREFIX = "l"
 
 VAL_PREFIX = "v-"
 """Names of the validation chips in a round's training set: ``v-NAME``."""
+
+ROUND_CHECKPOINTS = ("best", "last")
+"""Choices of :attr:`SelfTrainConfig.round_checkpoint`."""
 
 PSEUDO_PREFIX = "p-"
 """Names of pseudo-labelled chips in a round's training set: ``p-NAME``."""
@@ -191,6 +195,10 @@ class SelfTrainConfig:
         val_dir: A labelled dataset that validates every round instead (its
             checkpoint and the best round); all of ``labeled_dir`` then trains.
             For a few labelled chips of the imagery the unlabelled chips come from.
+        round_checkpoint: Which checkpoint of a round's training is the round's
+            model (the next round's teacher, the one validated and reported):
+            ``"best"``, the lowest validation loss, or ``"last"``, the last
+            (annealed) epoch.
         select_metric: Validation metric (lower is better) choosing the best round:
             a ``val/`` metric of the training run's best epoch (single view) or a
             ``val_views/`` one (:func:`validate_views`, the 8 views combined).
@@ -206,6 +214,7 @@ class SelfTrainConfig:
     labeled_repeats: int = 3
     val_fraction: float = 0.2
     val_dir: Path | None = None
+    round_checkpoint: str = "best"
     select_metric: str = f"{VIEW_METRICS_PREFIX}heading_error_mean_deg"
     batch_size: int = 32
 
@@ -216,6 +225,11 @@ class SelfTrainConfig:
         self.val_dir = None if self.val_dir is None else Path(self.val_dir)
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
             raise InputError(f"--rounds {self.rounds!r}: must be 0 or more.")
+        if self.round_checkpoint not in ROUND_CHECKPOINTS:
+            raise InputError(
+                f"--round-checkpoint {self.round_checkpoint!r}: must be one of "
+                f"{', '.join(ROUND_CHECKPOINTS)}."
+            )
         if self.labeled_repeats < 1:
             raise InputError(f"labeled_repeats {self.labeled_repeats!r}: must be at least 1.")
         if not 0.0 < self.val_fraction < 1.0:
@@ -670,6 +684,7 @@ def _settings(config: SelfTrainConfig) -> dict[str, Any]:
         "labeled_repeats": config.labeled_repeats,
         "val_fraction": config.val_fraction,
         "val_dir": None if config.val_dir is None else str(config.val_dir.resolve()),
+        "round_checkpoint": config.round_checkpoint,
         "train": run,
     }
 
@@ -687,6 +702,7 @@ def _check_settings(config: SelfTrainConfig) -> None:
         # Runs from before min_kept_fraction existed kept the thresholds fixed.
         stored.get("reward", {}).setdefault("min_kept_fraction", 0.0)
         stored.setdefault("val_dir", None)  # runs from before val_dir: a labelled split
+        stored.setdefault("round_checkpoint", "best")
         if stored != settings:
             changed = sorted(key for key in settings if stored.get(key) != settings[key])
             raise InputError(
@@ -745,7 +761,12 @@ def validate_views(
 def _train_round(
     config: SelfTrainConfig, round_dir: Path, train_data: Path
 ) -> tuple[Path, dict[str, float]]:
-    """The M-step: train from the starting weights on ``train_data``; best checkpoint, metrics."""
+    """The M-step: train from the starting weights on ``train_data``.
+
+    Returns:
+        The round's checkpoint (``config.round_checkpoint``) and its epoch's
+        validation metrics.
+    """
     from wakemodel.train import train
 
     run_config = replace(
@@ -759,6 +780,10 @@ def _train_round(
         fast_dev_run=False,
     )
     result = train(run_config)
+    if config.round_checkpoint == "last" and result.last_checkpoint is not None:
+        last_epoch = max(result.history, default=None)
+        metrics = {} if last_epoch is None else dict(result.history[last_epoch])
+        return result.last_checkpoint, metrics
     checkpoint = result.best_checkpoint or result.last_checkpoint
     if checkpoint is None:
         raise WakeModelError(f"Round {round_dir.name} wrote no checkpoint in {result.run_dir}.")
