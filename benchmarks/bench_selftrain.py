@@ -73,10 +73,11 @@ from wakemodel.selftrain import (
     SelfTrainResult,
     choose_round,
     selftrain,
+    train_round,
     write_training_set,
 )
 from wakemodel.synthetic import generate_dataset
-from wakemodel.train import TrainConfig, train
+from wakemodel.train import TrainConfig
 
 SELECT_METRICS = (
     "val/heading_error_deg",
@@ -223,15 +224,7 @@ def _ceiling(config: SelfTrainConfig, truth: Path, folder: Path) -> tuple[Path, 
     parts = split_records(scan_dataset(config.labeled_dir), config.train.seed, fractions)
     data = folder / "train_data"
     write_training_set(data, parts["train"], parts["val"], truth, config.labeled_repeats)
-    result = train(
-        replace(
-            config.train, data_dir=data, split_dir=data / "splits", run_dir=folder, run_name="run"
-        )
-    )
-    checkpoint = result.best_checkpoint or result.last_checkpoint
-    if config.round_checkpoint == "last":
-        checkpoint = result.last_checkpoint or checkpoint
-    assert checkpoint is not None
+    checkpoint, _ = train_round(config, folder, data)
     wall_s = time.monotonic() - start
     done.write_text(json.dumps({"checkpoint": str(checkpoint), "wall_s": wall_s}))
     return checkpoint, wall_s

@@ -81,6 +81,7 @@ __all__ = [
     "keep_most_agreeing",
     "pseudo_label",
     "selftrain",
+    "train_round",
     "validate_views",
     "write_pseudo_dataset",
     "write_training_set",
@@ -758,10 +759,15 @@ def validate_views(
     }
 
 
-def _train_round(
+def train_round(
     config: SelfTrainConfig, round_dir: Path, train_data: Path
 ) -> tuple[Path, dict[str, float]]:
     """The M-step: train from the starting weights on ``train_data``.
+
+    Args:
+        config: The settings; ``config.train`` is the training recipe.
+        round_dir: The folder the training's run goes in (``round_dir/run``).
+        train_data: A dataset folder with its ``splits/`` (:func:`write_training_set`).
 
     Returns:
         The round's checkpoint (``config.round_checkpoint``) and its epoch's
@@ -890,7 +896,7 @@ def selftrain(config: SelfTrainConfig) -> SelfTrainResult:
             pseudo_dir,
             config.labeled_repeats if index > 0 else 1,
         )
-        checkpoint, metrics = _train_round(config, round_dir, round_dir / "train_data")
+        checkpoint, metrics = train_round(config, round_dir, round_dir / "train_data")
         metrics.update(view_metrics(checkpoint))
         result = RoundResult(
             round=index,
