@@ -29,7 +29,9 @@ best epoch's single-view median on the labelled validation chips, and the 8-view
 and mean there, the default); the gap closed by the round that the labelled validation chose.
 
 ``--min-kept-fraction`` sets :attr:`wakemodel.selftrain.Reward.min_kept_fraction`;
-several values run (b) once per value and mode on the same round 0 (and ceiling);
+several values run (b) once per value and mode on the same round 0 (and ceiling).
+``--evidence-weight`` sets :attr:`wakemodel.selftrain.Reward.evidence_weight` the
+same way (runs with a weight above 0 get an ``-ev{W}`` folder; 0 keeps the old names);
 several ``--shift-val`` counts run the shift mode once per count. ``--seeds``
 repeats everything per training seed (starting weights, labelled split, shuffling
 and augmentation) and ends with every run's gain and their median over the seeds.
@@ -130,6 +132,14 @@ def _parse_args() -> argparse.Namespace:
         default=[Reward.min_kept_fraction],
         help="Reward.min_kept_fraction: keep at least this share of the unlabelled chips; "
         "several values run (b) once each, side by side, on the same round 0.",
+    )
+    parser.add_argument(
+        "--evidence-weight",
+        type=float,
+        nargs="+",
+        default=[Reward.evidence_weight],
+        help="Reward.evidence_weight: weight of the image's wake contrast in the ranking that "
+        "fills the kept share; several values run (b) once each on the same round 0.",
     )
     parser.add_argument(
         "--round-checkpoint",
@@ -286,20 +296,21 @@ def main() -> None:
         f"torch {torch.__version__}, {platform.machine()} {os.cpu_count()} cores; "
         f"image {args.image_size} px, chips {args.min_size}-{args.max_size} px, "
         f"{args.max_time} per training, {args.rounds} rounds, "
-        f"min kept fraction {', '.join(f'{f:g}' for f in args.min_kept_fraction)}; "
+        f"min kept fraction {', '.join(f'{f:g}' for f in args.min_kept_fraction)}, "
+        f"evidence weight {', '.join(f'{w:g}' for w in args.evidence_weight)}; "
         f"shift validated on {' / '.join(f'{n} shifted' if n else 'split' for n in args.shift_val)}"
     )
     summary: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     round_0: dict[tuple[int, int], Path] = {}  # round 0 per (shifted val count, seed)
     arms = [
-        (seed, mode, fraction, val_count)
-        for seed, mode, fraction in itertools.product(
-            args.seeds, args.modes, args.min_kept_fraction
+        (seed, mode, fraction, weight, val_count)
+        for seed, mode, fraction, weight in itertools.product(
+            args.seeds, args.modes, args.min_kept_fraction, args.evidence_weight
         )
         for val_count in (args.shift_val if mode == "shift" else [0])
     ]
     gains: dict[str, list[tuple[int, list[float], int]]] = {}  # (seed, medians, chosen)
-    for seed, mode, fraction, val_count in arms:
+    for seed, mode, fraction, weight, val_count in arms:
         style = "default" if mode == "iid" else "shifted"
         truth = _dataset(
             data, f"unlabeled-{style}", args.unlabeled, args.unlabeled_seed, style, args
@@ -314,6 +325,8 @@ def main() -> None:
         name, out = mode, args.out / mode
         if len(args.min_kept_fraction) > 1:
             name, out = f"{mode}, min kept {fraction:g}", args.out / f"{mode}-kept{fraction:g}"
+        if weight > 0:
+            name, out = f"{name}, evidence {weight:g}", out.with_name(f"{out.name}-ev{weight:g}")
         if mode == "shift" and len(args.shift_val) > 1:
             name, out = f"{name}, {val_count} val", out.with_name(f"{out.name}-val{val_count}")
         run_name, ceiling_dir = name, args.out / "ceiling"
@@ -330,7 +343,7 @@ def main() -> None:
             out,
             rounds=args.rounds,
             train=replace(base, seed=seed),
-            reward=Reward(min_kept_fraction=fraction),
+            reward=Reward(min_kept_fraction=fraction, evidence_weight=weight),
             val_dir=val_dir,
             round_checkpoint=args.round_checkpoint,
         )

@@ -12,6 +12,7 @@ from wakemodel.cli import main
 from wakemodel.data import WakeDataset
 from wakemodel.errors import InputError
 from wakemodel.evaluate import evaluate
+from wakemodel.evidence import wake_contrast
 from wakemodel.records import scan_dataset
 from wakemodel.selftrain import (
     ROUND_FILE,
@@ -116,7 +117,11 @@ def test_reward_rejects_agreeing_views_with_a_low_wake_score() -> None:
 
 
 def _chip(
-    name: str, vertex_spread_px: float, heading_spread_deg: float, wake_score: float = 0.9
+    name: str,
+    vertex_spread_px: float,
+    heading_spread_deg: float,
+    wake_score: float = 0.9,
+    wake_contrast: float = float("nan"),
 ) -> ChipAgreement:
     """A 300 x 400 px chip (diagonal 500 px) with these spreads, judged as `agreement` does."""
     reward = Reward()
@@ -136,6 +141,7 @@ def _chip(
         heading_deg=45.0,
         heading_spread_deg=heading_spread_deg,
         kept=kept,
+        wake_contrast=wake_contrast,
     )
 
 
@@ -166,6 +172,31 @@ def test_min_kept_fraction_keeps_the_most_agreeing_chips_first() -> None:
     everything = keep_most_agreeing(chips, Reward(min_kept_fraction=1.0))
     # The faint chip and the one without spreads are never kept.
     assert [c.kept for c in everything] == [True, True, True, True, False, False]
+
+
+def test_evidence_weight_ranks_the_kept_share_by_the_image_contrast_too() -> None:
+    def chips_with(contrasts: list[float]) -> list[ChipAgreement]:
+        spreads = [(40.0, 1.0), (1.0, 15.0), (5.0, 2.0), (30.0, 7.5), (60.0, 1.0), (1.0, 30.0)]
+        return [  # disagreement 2x, 3x, within, 1.5x, 3x, 6x: ranks 3, 4.5, 1, 2, 4.5, 6
+            _chip(f"c{i}.png", v, h, wake_contrast=c)
+            for i, ((v, h), c) in enumerate(zip(spreads, contrasts, strict=True))
+        ]
+
+    def kept(chips: list[ChipAgreement], weight: float) -> list[str]:
+        reward = Reward(min_kept_fraction=0.5, evidence_weight=weight)
+        return [c.source.name for c in keep_most_agreeing(chips, reward) if c.kept]
+
+    chips = chips_with([1.0, 9.0, 2.0, 0.5, 8.0, float("nan")])
+    assert kept(chips, 0.0) == ["c0.png", "c2.png", "c3.png"]  # agreement alone
+    # Contrast ranks 4, 1, 3, 5, 2, 6 (NaN last): sums with weight 2 are 11, 6.5, 7, 12, 8.5, 18.
+    assert kept(chips, 2.0) == ["c1.png", "c2.png", "c4.png"]
+    # The chip within the thresholds is kept whatever its contrast; the wake score stays a limit.
+    faint = chips_with([1.0, 9.0, 0.0, 0.5, 8.0, 10.0])
+    faint[5] = replace(faint[5], wake_score=0.1)
+    assert kept(faint, 100.0) == ["c1.png", "c2.png", "c4.png"]
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="evidence_weight"):
+            Reward(evidence_weight=bad)
 
 
 class _ConstantReader:
@@ -213,6 +244,12 @@ def test_pseudo_labels_round_trip_through_the_dataset_loader(tmp_path: Path) -> 
         stored = json.loads(record.annotation_path.read_text())["agreement"]
         assert stored["kept"] is True
         assert stored["heading_spread_deg"] == pytest.approx(chip.heading_spread_deg, abs=1e-3)
+        # The image's own evidence, measured on the chip as read, at the consensus reading.
+        as_read = np.asarray(Image.open(record.image_path), dtype=np.float32)
+        measured = wake_contrast(as_read, chip.keypoints_px[0], chip.heading_deg)
+        assert np.isfinite(measured) and chip.wake_contrast == pytest.approx(measured, rel=1e-5)
+        assert stored["wake_contrast"] == pytest.approx(chip.wake_contrast, abs=1e-3)
+    assert chips[2].wake_contrast == 0.0  # the flat chip: no line anywhere
 
 
 def _hash_folder(root: Path) -> str:
@@ -349,15 +386,20 @@ def test_rerun_skips_finished_rounds_and_refuses_other_settings(
     assert refilled.rounds[0].val_metrics[mean_key] == pytest.approx(measured, rel=1e-5)
     assert mean_key in json.loads(summary_path.read_text())["val_metrics"]
 
-    # A run from before min_kept_fraction and val_dir existed (fixed thresholds, a
-    # labelled split) is the same run.
+    # A run from before min_kept_fraction, evidence_weight and val_dir existed (fixed
+    # thresholds, ranked by agreement, a labelled split) is the same run.
     settings_path = tmp_path / "out" / "settings.json"
     settings = json.loads(settings_path.read_text())
-    del settings["reward"]["min_kept_fraction"], settings["val_dir"]
+    del settings["reward"]["min_kept_fraction"], settings["reward"]["evidence_weight"]
+    del settings["val_dir"]
     settings_path.write_text(json.dumps(settings))
     assert all(r.resumed for r in selftrain(config).rounds)
 
-    for reward in (Reward(max_heading_spread_deg=30.0), Reward(min_kept_fraction=0.5)):
+    for reward in (
+        Reward(max_heading_spread_deg=30.0),
+        Reward(min_kept_fraction=0.5),
+        Reward(evidence_weight=1.0),
+    ):
         other = replace(config, reward=reward)
         with pytest.raises(InputError, match="other settings \\(reward\\)"):
             selftrain(other)
@@ -385,7 +427,10 @@ def test_val_dir_validates_every_round_and_all_labelled_chips_train(
         assert r.val_metrics[mean_key] == pytest.approx(on_val[mean_key], rel=1e-5)
     settings = json.loads((tmp_path / "out" / "settings.json").read_text())
     assert settings["val_dir"] == str(val.resolve())
-    with pytest.raises(InputError, match="other settings \\(val_dir\\)"):
+    assert settings["val_fraction"] is None  # nothing is split off, so it is not a setting
+    resumed = selftrain(replace(config, val_fraction=0.5))
+    assert [r.checkpoint for r in resumed.rounds] == [r.checkpoint for r in result.rounds]
+    with pytest.raises(InputError, match="other settings \\(val_dir, val_fraction\\)"):
         selftrain(replace(config, val_dir=None))
 
 

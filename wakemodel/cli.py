@@ -736,6 +736,15 @@ SELFTRAIN_TRAIN_FIELDS = (
     "limits are scaled up until the most agreeing share does (0: fixed limits).",
 )
 @click.option(
+    "--evidence-weight",
+    type=click.FloatRange(min=0.0),
+    default=Reward.evidence_weight,
+    show_default=True,
+    help="Also rank the chips that fill --min-kept-fraction by the image's line contrast "
+    "behind the predicted vertex, with this weight beside the views' agreement (0: agreement "
+    "alone).",
+)
+@click.option(
     "--round-checkpoint",
     type=click.Choice(ROUND_CHECKPOINTS),
     default=SelfTrainConfig.round_checkpoint,
@@ -761,6 +770,7 @@ def selftrain_command(
     max_heading_spread_deg: float,
     min_wake_score: float,
     min_kept_fraction: float,
+    evidence_weight: float,
     round_checkpoint: str,
     labeled_repeats: int,
     **train_options: Any,
@@ -783,7 +793,11 @@ def selftrain_command(
             rounds=rounds,
             train=TrainConfig(**train_options),
             reward=Reward(
-                max_vertex_spread, max_heading_spread_deg, min_wake_score, min_kept_fraction
+                max_vertex_spread,
+                max_heading_spread_deg,
+                min_wake_score,
+                min_kept_fraction,
+                evidence_weight,
             ),
             labeled_repeats=labeled_repeats,
             val_dir=val_dir,

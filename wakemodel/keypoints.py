@@ -40,6 +40,9 @@ IDENTITY_ORDER = (0, 1, 2)
 SWAPPED_ORDER = (0, 2, 1)
 """Slot order that swaps the two wake ends."""
 
+KELVIN_HALF_ANGLE_DEG = math.degrees(math.asin(1.0 / 3.0))
+"""Half-angle of the Kelvin wake cusp (about 19.47 degrees): each arm's angle to the wake axis."""
+
 Array = TypeVar("Array", np.ndarray, "Tensor")
 """A numpy array or a torch tensor; functions return the kind they are given."""
 

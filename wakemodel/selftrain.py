@@ -9,7 +9,9 @@ Self-Training for Problem-Solving with Language Models"):
   (:func:`wakemodel.tta.predict_views`). A binary reward (:func:`agreement`) keeps a chip
   only when the views agree: the vertices' spread and the headings' spread are
   under thresholds (scaled up when fewer than ``min_kept_fraction`` of the chips
-  pass) and the mean wake score is high. The pseudo-label is the
+  pass; :attr:`Reward.evidence_weight` also ranks them by the image's line
+  contrast where the wake should be, :func:`wakemodel.evidence.wake_contrast`)
+  and the mean wake score is high. The pseudo-label is the
   views' consensus (their per-coordinate median, arm order matched to the plain
   view).
 - **M-step**: training starts again from the same starting weights (the
@@ -59,6 +61,7 @@ from wakemodel._io import atomic_write_text, json_float
 from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
 from wakemodel.config import TrainConfig, config_to_dict
 from wakemodel.errors import InputError, WakeModelError
+from wakemodel.evidence import wake_contrast
 from wakemodel.tta import consensus, predict_views
 
 if TYPE_CHECKING:
@@ -140,12 +143,18 @@ class Reward:
             the two spread thresholds, both are scaled up by the same factor until
             this share does (:func:`keep_most_agreeing`; the wake score stays a hard
             limit). 0 keeps the thresholds fixed.
+        evidence_weight: Weight of the image's own evidence in the order that
+            fills up ``min_kept_fraction``: chips rank by the rank of their
+            :meth:`disagreement` plus this times the rank of their
+            :attr:`ChipAgreement.wake_contrast`, highest first
+            (:func:`keep_most_agreeing`). 0 ranks by the disagreement alone.
     """
 
     max_vertex_spread: float = 0.04
     max_heading_spread_deg: float = 5.0
     min_wake_score: float = DEFAULT_MIN_WAKE_SCORE
     min_kept_fraction: float = 0.0
+    evidence_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.max_vertex_spread > 0 or not self.max_heading_spread_deg > 0:
@@ -157,6 +166,10 @@ class Reward:
             raise InputError(f"min_wake_score {self.min_wake_score!r}: must be in [0, 1].")
         if not 0.0 <= self.min_kept_fraction <= 1.0:
             raise InputError(f"min_kept_fraction {self.min_kept_fraction!r}: must be in [0, 1].")
+        if not 0.0 <= self.evidence_weight < math.inf:
+            raise InputError(
+                f"evidence_weight {self.evidence_weight!r}: must be a finite number >= 0."
+            )
 
     def disagreement(self, vertex_spread: np.ndarray, heading_spread_deg: np.ndarray) -> np.ndarray:
         """How far the views' spreads are past the thresholds (<= 1: within both).
@@ -254,6 +267,8 @@ class ChipAgreement:
         heading_deg: Consensus heading (degrees, compass).
         heading_spread_deg: RMS difference of the views' headings from it (degrees).
         kept: Whether the reward keeps the chip.
+        wake_contrast: The image's line contrast behind the consensus vertex
+            (:func:`wakemodel.evidence.wake_contrast`); NaN where not measured.
     """
 
     source: Path
@@ -266,6 +281,7 @@ class ChipAgreement:
     heading_deg: float
     heading_spread_deg: float
     kept: bool
+    wake_contrast: float = math.nan
 
     @property
     def vertex_spread(self) -> float:
@@ -283,6 +299,7 @@ class ChipAgreement:
             "vertex_spread": json_float(self.vertex_spread, 5),
             "heading_deg": json_float(self.heading_deg, 2),
             "heading_spread_deg": json_float(self.heading_spread_deg, 3),
+            "wake_contrast": json_float(self.wake_contrast, 3),
         }
 
     def annotation(self) -> dict[str, Any]:
@@ -447,15 +464,18 @@ def keep_most_agreeing(chips: Sequence[ChipAgreement], reward: Reward) -> list[C
 
     Args:
         chips: Every unlabelled chip's agreement, as :func:`agreement` judged it.
-        reward: The thresholds and the share to keep.
+        reward: The thresholds, the share to keep and the evidence's weight.
 
     Returns:
-        ``chips`` with ``kept`` set also on the chips with the lowest
-        :meth:`Reward.disagreement` until ``ceil(min_kept_fraction * len(chips))``
-        are kept; chips under ``min_wake_score`` or with NaN spreads stay rejected.
+        ``chips`` with ``kept`` set also on the chips ranked first until
+        ``ceil(min_kept_fraction * len(chips))`` are kept: by the lowest
+        :meth:`Reward.disagreement`, or with ``reward.evidence_weight`` by the
+        weighted rank sum with the wake contrast (NaN ranks last). Chips under
+        ``min_wake_score`` or with NaN spreads stay rejected.
     """
     wanted = math.ceil(round(reward.min_kept_fraction * len(chips), 6))  # 0.7 * 10 is 7, not 8
-    if sum(chip.kept for chip in chips) >= wanted:
+    already = sum(chip.kept for chip in chips)
+    if already >= wanted:
         return list(chips)
     disagreement = reward.disagreement(
         np.array([chip.vertex_spread for chip in chips]),
@@ -464,12 +484,21 @@ def keep_most_agreeing(chips: Sequence[ChipAgreement], reward: Reward) -> list[C
     eligible = np.isfinite(disagreement) & np.array(
         [chip.wake_score >= reward.min_wake_score for chip in chips]
     )
-    ranked = [i for i in np.argsort(disagreement, kind="stable") if eligible[i]][:wanted]
+    order = disagreement
+    if reward.evidence_weight > 0:
+        from scipy.stats import rankdata
+
+        contrast = np.nan_to_num([chip.wake_contrast for chip in chips], nan=-np.inf)
+        order = rankdata(disagreement) + reward.evidence_weight * rankdata(-contrast)
+    ranked = [i for i in np.argsort(order, kind="stable") if eligible[i] and not chips[i].kept][
+        : wanted - already
+    ]
     if ranked:
         logger.info(
-            "Kept the %d most agreeing chips: spread thresholds scaled by %.3g",
+            "Kept %d more chips ranked first (evidence weight %g): disagreement up to %.3g",
             len(ranked),
-            max(1.0, float(disagreement[ranked[-1]])),
+            reward.evidence_weight,
+            max(float(disagreement[i]) for i in ranked),
         )
     chosen = set(ranked)
     return [replace(chip, kept=chip.kept or i in chosen) for i, chip in enumerate(chips)]
@@ -477,17 +506,19 @@ def keep_most_agreeing(chips: Sequence[ChipAgreement], reward: Reward) -> list[C
 
 def _read_batches(
     paths: Sequence[Path], batch_size: int, image_size: int
-) -> Iterator[tuple[int, list[Path], np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[int, list[Path], np.ndarray, np.ndarray, list[np.ndarray]]]:
     """Read and preprocess chips ``batch_size`` at a time.
 
     Yields:
-        ``(chips tried, readable paths, float32 [B, 1, S, S] in [0, 1], sizes [B, 2])``;
-        an unreadable chip is skipped with a warning (B may be 0).
+        ``(chips tried, readable paths, float32 [B, 1, S, S] in [0, 1], sizes [B, 2],
+        the B chips as read [H, W])``; an unreadable chip is skipped with a
+        warning (B may be 0).
     """
     from wakemodel.preprocess import preprocess_image, read_chip
 
     for start in range(0, len(paths), batch_size):
         kept: list[Path] = []
+        raws: list[np.ndarray] = []
         images, sizes = [], []
         for path in paths[start : start + batch_size]:
             try:
@@ -496,6 +527,7 @@ def _read_batches(
                 logger.warning("Skipping %s: %s", path, error)
                 continue
             kept.append(path)
+            raws.append(raw)
             images.append(preprocess_image(raw, image_size))
             sizes.append(raw.shape[::-1])
         pixels = np.stack(images) if images else np.zeros((0, 1, image_size, image_size))
@@ -504,6 +536,7 @@ def _read_batches(
             kept,
             pixels.astype(np.float32) / 255.0,
             np.asarray(sizes, dtype=np.float64).reshape(-1, 2),
+            raws,
         )
 
 
@@ -529,8 +562,9 @@ def pseudo_label(
         description: Text before the bar.
 
     Returns:
-        One :class:`ChipAgreement` per readable chip, in input order, with at
-        least ``reward.min_kept_fraction`` of them kept (:func:`keep_most_agreeing`).
+        One :class:`ChipAgreement` per readable chip, in input order, with its
+        wake contrast (:func:`wakemodel.evidence.wake_contrast`) and at least
+        ``reward.min_kept_fraction`` of them kept (:func:`keep_most_agreeing`).
 
     Raises:
         WakeModelError: The model cannot be loaded.
@@ -546,10 +580,19 @@ def pseudo_label(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=Console(stderr=True), disable=not progress_bar) as bar:
         task = bar.add_task(description, total=len(paths))
-        for tried, sources, images, sizes in _read_batches(paths, batch_size, image_size):
+        for tried, sources, images, sizes, raws in _read_batches(paths, batch_size, image_size):
             if sources:
                 keypoints, visibility, _ = predict_views(predictor, images)
-                results.extend(agreement(keypoints, visibility, sizes, sources, reward))
+                chips = agreement(keypoints, visibility, sizes, sources, reward)
+                results.extend(
+                    replace(
+                        chip,
+                        wake_contrast=wake_contrast(
+                            raw, chip.keypoints_px[kp.VERTEX_SLOT], chip.heading_deg
+                        ),
+                    )
+                    for chip, raw in zip(chips, raws, strict=True)
+                )
             bar.advance(task, tried)
     return keep_most_agreeing(results, reward)
 
@@ -683,7 +726,8 @@ def _settings(config: SelfTrainConfig) -> dict[str, Any]:
         "unlabeled_dir": str(config.unlabeled_dir.resolve()),
         "reward": dataclasses.asdict(config.reward),
         "labeled_repeats": config.labeled_repeats,
-        "val_fraction": config.val_fraction,
+        # With a val folder of its own, nothing is split off: the fraction is unused.
+        "val_fraction": config.val_fraction if config.val_dir is None else None,
         "val_dir": None if config.val_dir is None else str(config.val_dir.resolve()),
         "round_checkpoint": config.round_checkpoint,
         "train": run,
@@ -702,8 +746,11 @@ def _check_settings(config: SelfTrainConfig) -> None:
         stored = json.loads(path.read_text(encoding="utf-8"))
         # Runs from before min_kept_fraction existed kept the thresholds fixed.
         stored.get("reward", {}).setdefault("min_kept_fraction", 0.0)
+        stored.get("reward", {}).setdefault("evidence_weight", 0.0)  # and ranked by agreement
         stored.setdefault("val_dir", None)  # runs from before val_dir: a labelled split
         stored.setdefault("round_checkpoint", "best")
+        if stored["val_dir"] is not None:  # session-18 runs recorded the unused fraction
+            stored["val_fraction"] = None
         if stored != settings:
             changed = sorted(key for key in settings if stored.get(key) != settings[key])
             raise InputError(

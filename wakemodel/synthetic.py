@@ -52,12 +52,9 @@ import numpy as np
 from PIL import Image
 
 from wakemodel.errors import InputError, WakeModelError
-from wakemodel.keypoints import NUM_KEYPOINTS, heading_deg
+from wakemodel.keypoints import KELVIN_HALF_ANGLE_DEG, NUM_KEYPOINTS, heading_deg
 
 logger = logging.getLogger(__name__)
-
-KELVIN_HALF_ANGLE_DEG = math.degrees(math.asin(1.0 / 3.0))
-"""Half-angle of the Kelvin wake cusp (about 19.47 degrees)."""
 
 TWO_POINT_FRACTION = 0.2
 """Share of chips with only 2 annotated keypoints."""
