@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from wakemodel.keypoints import KELVIN_HALF_ANGLE_DEG
+from wakemodel.keypoints import KELVIN_HALF_ANGLE_DEG, bearing_unit_vector
 
 __all__ = ["WAKE_RAY_OFFSETS_DEG", "wake_contrast"]
 
@@ -50,8 +50,8 @@ def wake_contrast(
 
     Returns:
         The contrast (>= 0; larger: a clearer line where the wake should be);
-        NaN for a NaN heading or vertex, or when a ray has fewer than
-        ``samples // 4`` points inside the chip on every side.
+        NaN for a NaN heading or vertex, or when every ray has fewer than
+        ``samples // 4`` points inside the chip.
     """
     from scipy import ndimage
 
@@ -65,9 +65,7 @@ def wake_contrast(
     along = np.linspace(4.0, max(length_px, 4.0), samples)
     best = math.nan
     for offset in WAKE_RAY_OFFSETS_DEG:
-        bearing = math.radians(heading_deg + 180.0 + offset)
-        x = vertex[0] + along * math.sin(bearing)
-        y = vertex[1] - along * math.cos(bearing)
+        x, y = vertex[:, None] + bearing_unit_vector(heading_deg + 180.0 + offset)[:, None] * along
         values = ndimage.map_coordinates(detail, [y, x], order=1, mode="constant", cval=np.nan)
         values = values[np.isfinite(values)]
         if len(values) >= samples // 4:

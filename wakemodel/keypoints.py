@@ -220,6 +220,12 @@ def keypoint_radius_px(keypoint_std_px: Array) -> Array:
     return xp.sqrt((keypoint_std_px**2).mean(-1))
 
 
+def bearing_unit_vector(bearing_deg: float) -> np.ndarray:
+    """Image-plane unit vector ``[2]`` (x right, y down) of a compass bearing (degrees)."""
+    angle = math.radians(bearing_deg)
+    return np.array([math.sin(angle), -math.cos(angle)])
+
+
 def angle_difference_deg(a: Any, b: Any) -> Any:
     """Smallest absolute difference between two bearings (the angular error).
 

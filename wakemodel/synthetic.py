@@ -52,7 +52,12 @@ import numpy as np
 from PIL import Image
 
 from wakemodel.errors import InputError, WakeModelError
-from wakemodel.keypoints import KELVIN_HALF_ANGLE_DEG, NUM_KEYPOINTS, heading_deg
+from wakemodel.keypoints import (
+    KELVIN_HALF_ANGLE_DEG,
+    NUM_KEYPOINTS,
+    bearing_unit_vector,
+    heading_deg,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +172,6 @@ class SyntheticChip:
         return [{"x": round(float(x), 2), "y": round(float(y), 2)} for x, y in self.keypoints_px]
 
 
-def _unit(bearing_deg: float) -> np.ndarray:
-    """Image-plane unit vector ``[2]`` (x right, y down) of a compass bearing (degrees)."""
-    angle = math.radians(bearing_deg)
-    return np.array([math.sin(angle), -math.cos(angle)])
-
-
 def _annotation_heading_deg(keypoints_px: np.ndarray) -> float:
     """Compass bearing (degrees) from the mean far end to the vertex of ``[K, 2]`` keypoints."""
     points = np.zeros((NUM_KEYPOINTS, 2))
@@ -213,7 +212,7 @@ def _spectral_field(
     amplitude /= math.sqrt(float(np.sum(amplitude**2)))
     if swell is not None:
         wavelength_px, direction_deg, power = swell
-        kx, ky = _unit(direction_deg) / wavelength_px
+        kx, ky = bearing_unit_vector(direction_deg) / wavelength_px
         spread_sq = 2.0 * (0.3 / wavelength_px) ** 2
         band = np.exp(-((fx - kx) ** 2 + (fy - ky) ** 2) / spread_sq) + np.exp(
             -((fx + kx) ** 2 + (fy + ky) ** 2) / spread_sq
@@ -274,10 +273,13 @@ class _WakeLayout:
 
 def _layout(rng: np.random.Generator, width: int, height: int, course_deg: float) -> _WakeLayout:
     """Draw the wake kind and lengths and place the vertex so every end fits inside the chip."""
-    backward = -_unit(course_deg)
+    backward = -bearing_unit_vector(course_deg)
     half_angle = KELVIN_HALF_ANGLE_DEG
     arm_dirs = np.stack(
-        [_unit(course_deg + 180.0 + half_angle), _unit(course_deg + 180.0 - half_angle)]
+        [
+            bearing_unit_vector(course_deg + 180.0 + half_angle),
+            bearing_unit_vector(course_deg + 180.0 - half_angle),
+        ]
     )
     if rng.random() < TWO_POINT_FRACTION:
         wake_kind = "single_arm" if rng.random() < 0.5 else "turbulent"
@@ -502,7 +504,7 @@ def _render_scene(
     if wake is not None:
         image[rows, cols] += wake
     # Sun glint: a smooth brightness ramp across the chip.
-    glint_dir = _unit(float(rng.uniform(0.0, 360.0)))
+    glint_dir = bearing_unit_vector(float(rng.uniform(0.0, 360.0)))
     glint_per_px = np.float32(float(rng.uniform(*style.glint)) / diagonal)
     image += glint_per_px * (
         (rel_x + np.float32(vertex[0])) * np.float32(glint_dir[0])
@@ -655,7 +657,7 @@ def render_no_wake_chip(
     clear_offsets = np.zeros((0, 2))
     if kind == "vessel":
         course_deg = float(rng.uniform(0.0, 360.0))
-        backward = -_unit(course_deg)
+        backward = -bearing_unit_vector(course_deg)
         rel_x, rel_y = _pixel_offsets(vertex, width, height)
         rel_x, rel_y = rel_x[:, cols], rel_y[rows]
         along_back = rel_x * np.float32(backward[0]) + rel_y * np.float32(backward[1])
