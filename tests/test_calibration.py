@@ -16,11 +16,14 @@ from scipy import special, stats
 from wakemodel.calibration import (
     DEFAULT_MIN_WAKE_SCORE,
     INTERVAL_Z90,
+    apply_wake_score_platt,
     calibration_summary,
     fit_std_scale,
+    fit_wake_score_platt,
     format_calibration,
     heading_calibration,
     interval_z,
+    invert_wake_score_platt,
     observed_coverage,
     wake_detection,
 )
@@ -210,6 +213,60 @@ def test_wake_detection_undefined_parts_and_nan_scores() -> None:
         wake_detection([0.1, 0.2], [True])
 
 
+def _logistic_chips(slope: float, intercept: float, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw scores whose true wake probability is ``sigmoid(slope * logit(score) + intercept)``."""
+    rng = np.random.default_rng(4)
+    raw_logit = rng.normal(-1.0, 2.0, count)
+    has_wake = rng.random(count) < special.expit(slope * raw_logit + intercept)
+    return special.expit(raw_logit), has_wake
+
+
+def test_platt_scaling_recovers_a_known_miscalibration() -> None:
+    # Scores too low and too flat, as the network's: the truth is sigmoid(2.5 logit + 3).
+    score, has_wake = _logistic_chips(2.5, 3.0, SAMPLES)
+    platt = fit_wake_score_platt(score, has_wake)
+    assert platt is not None
+    assert platt == pytest.approx((2.5, 3.0), rel=0.1)
+    calibrated = apply_wake_score_platt(score, platt)
+    # Maximum likelihood with an intercept: the mean probability is the (smoothed) wake share.
+    assert calibrated.mean() == pytest.approx(has_wake.mean(), abs=2e-3)
+    assert np.mean(calibrated[has_wake] >= 0.5) > np.mean(score[has_wake] >= 0.5) + 0.1
+    # A monotone map: the ranking (and the ROC AUC) is unchanged.
+    assert wake_detection(calibrated, has_wake)["roc_auc"] == pytest.approx(
+        wake_detection(score, has_wake)["roc_auc"]
+    )
+    inside = (calibrated > 1e-4) & (calibrated < 1 - 1e-4)  # not clipped before the logit
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(
+        invert_wake_score_platt(calibrated, platt)[inside], score[inside], rtol=1e-6
+    )
+
+
+def test_platt_scaling_edge_cases() -> None:
+    score, has_wake = _logistic_chips(1.0, 0.0, 40)
+    assert fit_wake_score_platt(score, np.ones(40, dtype=bool)) is None  # real data: no negatives
+    few = has_wake.copy()
+    few[np.flatnonzero(~few)[4:]] = True  # 4 negatives are too few
+    assert fit_wake_score_platt(score, few) is None
+    # Perfectly separated chips: finite thanks to the smoothed targets, increasing.
+    separated = fit_wake_score_platt(
+        [0.1, 0.2, 0.15, 0.05, 0.12, 0.6, 0.7, 0.9, 0.8, 0.65], [0] * 5 + [1] * 5
+    )
+    assert separated is not None and all(math.isfinite(v) for v in separated) and separated[0] > 0
+    # Scores that fall as wakes get likelier: no fit rather than a reversed score.
+    forward = fit_wake_score_platt(score, has_wake)
+    assert forward is not None and forward[0] > 0
+    assert fit_wake_score_platt(1.0 - score, has_wake) is None
+    nan_score = np.r_[score, np.nan]
+    assert fit_wake_score_platt(nan_score, np.r_[has_wake, True]) == fit_wake_score_platt(
+        score, has_wake
+    )
+    np.testing.assert_array_equal(apply_wake_score_platt([0.2, np.nan], None), [0.2, np.nan])
+    assert np.isnan(apply_wake_score_platt([np.nan], (2.0, 1.0))[0])
+    with pytest.raises(InputError, match="one value per chip"):
+        fit_wake_score_platt([0.5, 0.6], [True])
+
+
 def test_calibration_summary_uses_wakes_only() -> None:
     error, sigma = _gaussian_chips(10)
     has_wake = np.ones(SAMPLES + 100, dtype=bool)
@@ -299,7 +356,7 @@ def test_8_view_calibration_is_stored_read_and_applied(
 
     records = scan_dataset(synthetic_dir)
     model = shutil.copy(tiny_checkpoint, tmp_path / "model.ckpt")
-    scale = calibrate_tta([model, model], records, "cpu")[Path(model)]
+    scale = calibrate_tta([model, model], records, "cpu")[Path(model)].std_scale
     assert scale != pytest.approx(1.0)
     assert tta_std_scale(load_predictor(model, accelerator="cpu")) == pytest.approx(scale)
     # A module loaded in Python keeps the factor too.

@@ -244,3 +244,35 @@ def test_onnx_carries_the_training_chip_extent(
     assert expected is not None
     for path in onnx_models.values():
         assert chip_extent_m(OnnxPredictor(path)) == pytest.approx(expected)
+
+
+def test_wake_score_platt_scaling_is_applied_the_same_with_ckpt_module_and_onnx(
+    tiny_checkpoint: Path, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    """A checkpoint's Platt scaling reaches every backend's wake score, views or not."""
+    import torch
+
+    from wakemodel.calibration import apply_wake_score_platt
+    from wakemodel.model import WakeKeypointModule
+    from wakemodel.predictors import WAKE_SCORE_PLATT_KEY, OnnxPredictor, wake_score_platt
+
+    images = find_images([synthetic_dir / "imgs"])[:6]
+    platt = (2.0, 1.5)
+    checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    checkpoint[WAKE_SCORE_PLATT_KEY] = list(platt)
+    scaled = tmp_path / "platt.ckpt"
+    torch.save(checkpoint, scaled)
+    onnx_path = export_onnx(scaled, tmp_path / "platt.onnx")
+    assert wake_score_platt(OnnxPredictor(onnx_path)) == pytest.approx(platt)
+    module = WakeKeypointModule.load_from_checkpoint(scaled, map_location="cpu")
+    for tta in (False, True):
+        raw = np.array([p.wake_score for p in predict(tiny_checkpoint, images, tta=tta)])
+        expected = apply_wake_score_platt(raw, platt)
+        assert np.abs(expected - raw).max() > 0.01  # the scaling moves these scores
+        for model in (scaled, module, onnx_path):
+            predictions = predict(model, images, tta=tta, accelerator="cpu")
+            score = np.array([p.wake_score for p in predictions])
+            np.testing.assert_allclose(score, expected, atol=1e-4)
+            assert [p.wake_found for p in predictions] == list(score >= 0.5)
+            vertex_visibility = [p.visibility[0] for p in predictions]
+            np.testing.assert_allclose(vertex_visibility, score, atol=1e-6)

@@ -23,8 +23,10 @@ CHIP_SIDES = {"min_size": 64, "max_size": 96}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[WakeKeypointModule, Path]:
-    """A model trained briefly on chips with and without a wake, and those chips.
+def trained(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[WakeKeypointModule, Path, Path]:
+    """A model trained briefly on chips with and without a wake, those chips, and its checkpoint.
 
     Without augmentation, so that ~100 steps are enough for the pooled features
     (and their BatchNorm statistics) to tell wakes from sea. After so short a
@@ -50,13 +52,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[WakeKeypointModul
         default_root_dir=root,
     )
     trainer.fit(module, datamodule=datamodule)
-    return module.eval(), train_dir
+    checkpoint = root / "trained.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    return module.eval(), train_dir, checkpoint
 
 
 def test_wake_score_separates_chips_without_a_wake(
-    trained: tuple[WakeKeypointModule, Path],
+    trained: tuple[WakeKeypointModule, Path, Path],
 ) -> None:
-    module, chips = trained
+    module, chips, _ = trained
     report = evaluate(module, chips)
     calibration = report.summary["calibration"]
     assert calibration["negatives"] >= 5 and calibration["positives"] >= 10
@@ -79,9 +83,9 @@ def _blank_wake(image_path: Path, annotation_path: Path) -> np.ndarray:
 
 
 def test_uncertainty_grows_when_the_wake_is_blanked_out(
-    trained: tuple[WakeKeypointModule, Path],
+    trained: tuple[WakeKeypointModule, Path, Path],
 ) -> None:
-    module, chips = trained
+    module, chips, _ = trained
     annotations = sorted((chips / "annotations").glob("*.json"))
     with_wake = [a for a in annotations if json.loads(a.read_text())["tooltips"]]
     images = [chips / "imgs" / f"{a.stem}.png" for a in with_wake]
@@ -101,3 +105,42 @@ def test_uncertainty_grows_when_the_wake_is_blanked_out(
     score_before = np.array([p.wake_score for p in before])
     score_after = np.array([p.wake_score for p in after])
     assert np.median(score_after) < np.median(score_before)
+
+
+def test_platt_scaling_is_fitted_on_chips_without_a_wake_and_refits_the_same(
+    trained: tuple[WakeKeypointModule, Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from wakemodel.calibration import apply_wake_score_platt
+    from wakemodel.predictors import load_predictor, wake_score_platt
+    from wakemodel.records import scan_dataset
+    from wakemodel.train import calibrate_tta
+
+    _, chips, trained_checkpoint = trained
+    checkpoint = Path(shutil.copy(trained_checkpoint, tmp_path / "model.ckpt"))
+    records = scan_dataset(chips)
+    raw = evaluate(checkpoint, chips, accelerator="cpu")
+    platt = calibrate_tta([checkpoint], records, "cpu")[checkpoint].wake_score_platt
+    assert platt is not None and platt[0] > 0
+    assert wake_score_platt(load_predictor(checkpoint, accelerator="cpu")) == pytest.approx(platt)
+    calibrated = evaluate(checkpoint, chips, accelerator="cpu")
+    np.testing.assert_allclose(
+        calibrated.wake_score, apply_wake_score_platt(raw.wake_score, platt), atol=1e-5
+    )
+    # Fitted by maximum likelihood on these chips: the mean probability is the mean of
+    # Platt's smoothed targets, (P + 1) / (P + 2) per wake and 1 / (N + 2) per negative.
+    positives = int(raw.has_wake.sum())
+    negatives = len(records) - positives
+    targets = positives * (positives + 1) / (positives + 2) + negatives / (negatives + 2)
+    assert calibrated.wake_score.mean() == pytest.approx(targets / len(records), abs=2e-3)
+    assert calibrated.summary["calibration"]["roc_auc"] == pytest.approx(
+        raw.summary["calibration"]["roc_auc"]
+    )
+    # A refit sees the scores before the stored scaling, so it finds the same one.
+    refit = calibrate_tta([checkpoint], records, "cpu")[checkpoint].wake_score_platt
+    assert refit == pytest.approx(platt, rel=1e-3)
+    # Chips of one kind only (as in the real data) leave nothing to fit: the entry goes.
+    wakes = [record for record in records if record.has_wake]
+    assert calibrate_tta([checkpoint], wakes, "cpu")[checkpoint].wake_score_platt is None
+    assert wake_score_platt(load_predictor(checkpoint, accelerator="cpu")) is None

@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from wakemodel._io import json_float
 from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
 from wakemodel.infer import KeypointPredictor, Prediction, ProgressCallback, predict
 from wakemodel.metrics import DEFAULT_GSD_M
-from wakemodel.predictors import tta_std_scale
+from wakemodel.predictors import tta_std_scale, wake_score_platt
 from wakemodel.records import WakeRecord
 from wakemodel.tta import DEFAULT_TTA
 
@@ -438,19 +438,36 @@ def evaluate_records(
     return report
 
 
-def fit_tta_std_scale(
+class TtaCalibration(NamedTuple):
+    """What ``train`` fits on the validation split with the 8 views combined.
+
+    Attributes:
+        std_scale: Factor on the 8-view keypoint std
+            (:data:`wakemodel.predictors.TTA_STD_SCALE_KEY`).
+        wake_score_platt: Platt scaling ``(a, b)`` of the wake score
+            (:data:`wakemodel.predictors.WAKE_SCORE_PLATT_KEY`); None when the
+            split has fewer than 5 chips without a wake (or with one).
+    """
+
+    std_scale: float
+    wake_score_platt: tuple[float, float] | None
+
+
+def fit_tta_calibration(
     model: KeypointPredictor | torch.nn.Module | str | os.PathLike[str],
     records: Sequence[WakeRecord],
     *,
     batch_size: int = 16,
     accelerator: str = "auto",
-) -> float:
-    """The 8-view calibration factor of a model, fitted on annotated chips (a validation split).
+) -> TtaCalibration:
+    """The 8-view calibration of a model, fitted on annotated chips (a validation split).
 
-    The model predicts ``records`` with its 8 views combined; the factor makes
-    the 90 % heading intervals of the combined std hold at least 90 % of those
-    chips' heading errors (:func:`wakemodel.calibration.fit_std_scale`). The std
-    is taken before the model's current factor (exact below the
+    The model predicts ``records`` with its 8 views combined. The std factor
+    makes the 90 % heading intervals of the combined std hold at least 90 % of
+    those chips' heading errors (:func:`wakemodel.calibration.fit_std_scale`);
+    the Platt scaling makes the wake score a probability on them
+    (:func:`wakemodel.calibration.fit_wake_score_platt`). Both are fitted to the
+    model's outputs before its current calibration (the std exactly below the
     :data:`~wakemodel.keypoints.HEADING_STD_MAX_DEG` cap).
 
     Args:
@@ -460,15 +477,21 @@ def fit_tta_std_scale(
         accelerator: Device choice when ``model`` is a path.
 
     Returns:
-        The factor (1.0 with fewer than 3 chips with a readable heading), for
-        :data:`wakemodel.predictors.TTA_STD_SCALE_KEY`.
+        The std factor (1.0 with fewer than 3 chips with a readable heading) and
+        the Platt scaling (or None).
     """
     from wakemodel.infer import as_predictor
 
     predictor = as_predictor(model, accelerator)
     report = evaluate_records(predictor, records, batch_size=batch_size, tta=True)
     raw_std_deg = report.heading_std_deg / tta_std_scale(predictor)
-    return calibration.fit_std_scale(report.errors["heading_error_deg"], raw_std_deg)
+    raw_wake_score = calibration.invert_wake_score_platt(
+        report.wake_score, wake_score_platt(predictor)
+    )
+    return TtaCalibration(
+        std_scale=calibration.fit_std_scale(report.errors["heading_error_deg"], raw_std_deg),
+        wake_score_platt=calibration.fit_wake_score_platt(raw_wake_score, report.has_wake),
+    )
 
 
 def find_training_log(checkpoint: str | os.PathLike[str]) -> Path | None:

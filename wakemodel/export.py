@@ -45,6 +45,7 @@ from wakemodel.predictors import (
     TorchPredictor,
     chip_extent_m,
     load_predictor,
+    wake_score_platt,
 )
 from wakemodel.predictors import require as _require
 
@@ -74,11 +75,13 @@ def _metadata(predictor: TorchPredictor, precision: str, source: Path) -> dict[s
     from wakemodel import network, preprocess
 
     image_size = predictor.image_size
+    platt = wake_score_platt(predictor)
     known = {
         METADATA_KEYS[key]: repr(value)
         for key, value in (
             ("chip_extent_m", chip_extent_m(predictor)),
             ("tta_std_scale", predictor.metadata.get("tta_std_scale")),
+            ("wake_score_platt", None if platt is None else list(platt)),
         )
         if value is not None
     }
@@ -100,7 +103,9 @@ def _metadata(predictor: TorchPredictor, precision: str, source: Path) -> dict[s
             "keypoints [B,3,2] (x, y) normalised by the original width and height, "
             "read in a window around each heatmap's mode, "
             "slot 0 vertex, slots 1-2 wake ends; visibility [B,3] probabilities "
-            "(slot 0: wake score); keypoint_std [B,3,2] calibrated 1-sigma x, y spread, "
+            "(slot 0: wake score, before the Platt scaling "
+            f"{METADATA_KEYS['wake_score_platt']} [a, b] when present: "
+            "sigmoid(a * logit(score) + b)); keypoint_std [B,3,2] calibrated 1-sigma x, y spread, "
             "normalised like keypoints (the 8 flips/rotations combined: times "
             f"{METADATA_KEYS['tta_std_scale']}, see wakemodel.tta.predict_batch)"
         ),

@@ -231,6 +231,7 @@ def as_predictor(
             "format": "torch",
             "image_size": image_size,
             "tta_std_scale": getattr(model, "tta_std_scale", None),
+            "wake_score_platt": getattr(model, "wake_score_platt", None),
         }
         return TorchPredictor(model, image_size, device, metadata)
     raise InputError(f"Cannot predict with a {type(model).__name__}; pass a checkpoint path.")

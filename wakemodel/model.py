@@ -42,7 +42,7 @@ from wakemodel.network import (
     fill_missing_weights,
     soft_argmax_with_spread,
 )
-from wakemodel.predictors import TTA_STD_SCALE_KEY
+from wakemodel.predictors import TTA_STD_SCALE_KEY, WAKE_SCORE_PLATT_KEY
 
 MEDIAN_METRICS = ("vertex_error_px", "vertex_error_m", "vertex_error_frac", "heading_error_deg")
 PCK_LOG_NAME = "pck@0.05"
@@ -236,6 +236,9 @@ class WakeKeypointModule(pl.LightningModule):
         self.tta_std_scale: float | None = None
         """The 8-view std calibration of the checkpoint this module was loaded from
         (:data:`~wakemodel.predictors.TTA_STD_SCALE_KEY`), None before ``train`` fits it."""
+        self.wake_score_platt: list[float] | None = None
+        """The wake score's Platt scaling ``[a, b]`` of the checkpoint this module was loaded
+        from (:data:`~wakemodel.predictors.WAKE_SCORE_PLATT_KEY`), None without one."""
 
     def forward(self, images: Tensor) -> KeypointOutput:
         """Run the detector on ``[B, 1, S, S]`` chips in [0, 1]; see the detector."""
@@ -446,10 +449,12 @@ class WakeKeypointModule(pl.LightningModule):
         """Accept checkpoints from before ``std_scale`` or the per-keypoint visibility head.
 
         Also keeps the checkpoint's 8-view std calibration as :attr:`tta_std_scale`
-        (it is not saved again: more training makes it stale, ``train`` refits it).
+        and its wake-score Platt scaling as :attr:`wake_score_platt` (neither is saved
+        again: more training makes them stale, ``train`` refits them).
         """
         fill_missing_weights(checkpoint["state_dict"], self.detector, prefix=DETECTOR_PREFIX)
         self.tta_std_scale = checkpoint.get(TTA_STD_SCALE_KEY)
+        self.wake_score_platt = checkpoint.get(WAKE_SCORE_PLATT_KEY)
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """Log ``test/loss`` and accumulate the ``test/`` metrics."""

@@ -22,6 +22,7 @@ follow it. This module never imports :mod:`wakemodel.export` or
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import math
 import os
@@ -59,6 +60,7 @@ METADATA_KEYS = {
     "source": "wakemodel.source_checkpoint",
     "chip_extent_m": "wakemodel.chip_extent_m",
     "tta_std_scale": "wakemodel.tta_std_scale",
+    "wake_score_platt": "wakemodel.wake_score_platt",
 }
 """Names of the ``metadata_props`` an exported ONNX file carries."""
 
@@ -68,6 +70,11 @@ CHIP_EXTENT_KEY = "wakemodel_chip_extent_m"
 TTA_STD_SCALE_KEY = "wakemodel_tta_std_scale"
 """Checkpoint entry holding the calibration factor of the 8-view keypoint std (see
 :func:`tta_std_scale`); ``train`` fits it on the validation split after training."""
+
+WAKE_SCORE_PLATT_KEY = "wakemodel_wake_score_platt"
+"""Checkpoint entry holding the Platt scaling ``[a, b]`` of the wake score (see
+:func:`wake_score_platt`); ``train`` fits it on the validation split after training
+when that split holds chips without a wake."""
 
 ONNX_INSTALL_HINT = "install the ONNX extra: pip install 'wakemodel[onnx]'"
 
@@ -170,6 +177,36 @@ def tta_std_scale(predictor: KeypointPredictor) -> float:
     return _positive_float(metadata.get("tta_std_scale")) or 1.0
 
 
+def _platt_pair(value: Any) -> tuple[float, float] | None:
+    """``value`` (a pair of numbers or its JSON text) as ``(a, b)`` with ``a > 0``, else None."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    try:
+        slope, intercept = (float(number) for number in value)
+    except (TypeError, ValueError):
+        return None
+    if math.isfinite(slope) and math.isfinite(intercept) and slope > 0:
+        return slope, intercept
+    return None
+
+
+def wake_score_platt(predictor: KeypointPredictor) -> tuple[float, float] | None:
+    """The Platt scaling ``(a, b)`` of a model's wake score, None when it has none.
+
+    :func:`wakemodel.tta.predict_batch` reports ``sigmoid(a * logit(score) + b)``
+    (:func:`wakemodel.calibration.apply_wake_score_platt`) with or without the 8
+    views; ``train`` fits it on the validation split with the views combined.
+    Checkpoints written by ``train`` on data with chips without a wake, and ONNX
+    files exported from them, carry it; other files and in-memory models do not
+    (the network's score as it is).
+    """
+    metadata = getattr(predictor, "metadata", None) or {}
+    return _platt_pair(metadata.get("wake_score_platt"))
+
+
 class TorchPredictor:
     """A :class:`Predictor` running the network with torch.
 
@@ -264,6 +301,7 @@ class OnnxPredictor:
             "image_size": self.image_size,
             "chip_extent_m": _positive_float(properties.get(METADATA_KEYS["chip_extent_m"])),
             "tta_std_scale": _positive_float(properties.get(METADATA_KEYS["tta_std_scale"])),
+            "wake_score_platt": _platt_pair(properties.get(METADATA_KEYS["wake_score_platt"])),
         }
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -352,6 +390,7 @@ def _load_checkpoint(checkpoint_path: Path, accelerator: str) -> TorchPredictor:
         "run_dir": None if run_dir is None else str(run_dir),
         "chip_extent_m": checkpoint.get(CHIP_EXTENT_KEY),
         "tta_std_scale": checkpoint.get(TTA_STD_SCALE_KEY),
+        "wake_score_platt": _platt_pair(checkpoint.get(WAKE_SCORE_PLATT_KEY)),
     }
     logger.debug("Loaded %s (image size %d) on %s", checkpoint_path, image_size, device)
     return TorchPredictor(detector, image_size, device, metadata)

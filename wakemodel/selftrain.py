@@ -58,10 +58,11 @@ import numpy as np
 
 from wakemodel import keypoints as kp
 from wakemodel._io import atomic_write_text, json_float
-from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE
+from wakemodel.calibration import DEFAULT_MIN_WAKE_SCORE, WakeScorePlatt, apply_wake_score_platt
 from wakemodel.config import TrainConfig, config_to_dict
 from wakemodel.errors import InputError, WakeModelError
 from wakemodel.evidence import wake_contrast
+from wakemodel.predictors import wake_score_platt
 from wakemodel.tta import consensus, predict_views
 
 if TYPE_CHECKING:
@@ -138,7 +139,8 @@ class Reward:
             as a fraction of the chip diagonal.
         max_heading_spread_deg: Largest root-mean-square difference of the
             views' headings from the consensus heading (degrees).
-        min_wake_score: Smallest mean wake score of the views (probability).
+        min_wake_score: Smallest wake score: the views' mean, Platt-scaled as
+            ``infer`` reports it when the model has a scaling (probability).
         min_kept_fraction: Share of the chips to keep at least: when fewer pass
             the two spread thresholds, both are scaled up by the same factor until
             this share does (:func:`keep_most_agreeing`; the wake score stays a hard
@@ -409,6 +411,7 @@ def agreement(
     sizes: np.ndarray,
     sources: Sequence[Path],
     reward: Reward,
+    platt: WakeScorePlatt | None = None,
 ) -> list[ChipAgreement]:
     """Score the views of each chip and decide which chips to keep.
 
@@ -418,6 +421,9 @@ def agreement(
         sizes: Chip (width, height) in pixels ``[B, 2]``.
         sources: The chips' image files ``[B]``.
         reward: The thresholds.
+        platt: The model's Platt scaling of its wake score
+            (:func:`wakemodel.predictors.wake_score_platt`), applied to the views'
+            mean, as ``infer`` reports it; None: the mean as it is.
 
     Returns:
         One :class:`ChipAgreement` per chip. The consensus is the views'
@@ -437,7 +443,7 @@ def agreement(
     heading_spread = np.sqrt(
         np.mean(kp.angle_difference_deg(view_headings, heading[None]) ** 2, axis=0)
     )
-    wake_score = mean_visibility[:, kp.VERTEX_SLOT]
+    wake_score = apply_wake_score_platt(mean_visibility[:, kp.VERTEX_SLOT], platt)
     diagonal = np.hypot(sizes[:, 0], sizes[:, 1])
     kept = (reward.disagreement(vertex_spread / diagonal, heading_spread) <= 1.0) & (
         wake_score >= reward.min_wake_score
@@ -583,7 +589,9 @@ def pseudo_label(
         for tried, sources, images, sizes, raws in _read_batches(paths, batch_size, image_size):
             if sources:
                 keypoints, visibility, _ = predict_views(predictor, images)
-                chips = agreement(keypoints, visibility, sizes, sources, reward)
+                chips = agreement(
+                    keypoints, visibility, sizes, sources, reward, wake_score_platt(predictor)
+                )
                 results.extend(
                     replace(
                         chip,

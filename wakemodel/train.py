@@ -71,9 +71,9 @@ from wakemodel.config import CONFIG_FILE_NAME, TrainConfig, save_config
 from wakemodel.datamodule import WakeDataModule
 from wakemodel.devices import DeviceChoice, environment_info, select_device
 from wakemodel.errors import InputError, WakeModelError, first_line
-from wakemodel.evaluate import fit_tta_std_scale
+from wakemodel.evaluate import TtaCalibration, fit_tta_calibration
 from wakemodel.model import WakeKeypointModule
-from wakemodel.predictors import CHIP_EXTENT_KEY, TTA_STD_SCALE_KEY
+from wakemodel.predictors import CHIP_EXTENT_KEY, TTA_STD_SCALE_KEY, WAKE_SCORE_PLATT_KEY
 from wakemodel.records import SPLIT_NAMES, WakeRecord, median_chip_extent_m
 
 logger = logging.getLogger(__name__)
@@ -714,14 +714,18 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
 
 def calibrate_tta(
     checkpoints: Sequence[Path], records: Sequence[WakeRecord], accelerator: str = "auto"
-) -> dict[Path, float]:
-    """Fit each checkpoint's 8-view uncertainty calibration on ``records`` and store it.
+) -> dict[Path, TtaCalibration]:
+    """Fit each checkpoint's 8-view calibration on ``records`` and store it.
 
     The network's ``std_scale`` is fitted every validation epoch on one view; the
     std of the 8 combined views (what ``infer`` and ``evaluate`` report by
     default) is fitted here, on the same validation chips with the views
-    combined (:func:`wakemodel.evaluate.fit_tta_std_scale`), and written into
-    the checkpoint as :data:`~wakemodel.predictors.TTA_STD_SCALE_KEY` (atomically).
+    combined, and so is the Platt scaling of the wake score when the chips
+    include some without a wake (:func:`wakemodel.evaluate.fit_tta_calibration`).
+    They are written into the checkpoint as
+    :data:`~wakemodel.predictors.TTA_STD_SCALE_KEY` and
+    :data:`~wakemodel.predictors.WAKE_SCORE_PLATT_KEY` (atomically; a Platt
+    scaling that cannot be fitted removes the entry).
 
     Args:
         checkpoints: ``.ckpt`` files written by ``train`` (repeats are fitted once).
@@ -729,17 +733,30 @@ def calibrate_tta(
         accelerator: Device for the predictions.
 
     Returns:
-        Checkpoint -> fitted factor.
+        Checkpoint -> fitted calibration.
     """
-    scales: dict[Path, float] = {}
+    fitted: dict[Path, TtaCalibration] = {}
     for path in dict.fromkeys(Path(checkpoint) for checkpoint in checkpoints):
-        scale = fit_tta_std_scale(path, records, accelerator=accelerator)
+        calibration = fit_tta_calibration(path, records, accelerator=accelerator)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        checkpoint[TTA_STD_SCALE_KEY] = scale
+        checkpoint[TTA_STD_SCALE_KEY] = calibration.std_scale
+        checkpoint.pop(WAKE_SCORE_PLATT_KEY, None)
+        if calibration.wake_score_platt is not None:
+            checkpoint[WAKE_SCORE_PLATT_KEY] = list(calibration.wake_score_platt)
         AtomicCheckpointIO().save_checkpoint(checkpoint, path)
-        logger.info("8-view std scale of %s: %.3f (%d validation chips)", path, scale, len(records))
-        scales[path] = scale
-    return scales
+        logger.info(
+            "8-view std scale of %s: %.3f (%d validation chips)",
+            path,
+            calibration.std_scale,
+            len(records),
+        )
+        if calibration.wake_score_platt is not None:
+            logger.info(
+                "Wake score Platt scaling: sigmoid(%.3f * logit(score) %+.3f)",
+                *calibration.wake_score_platt,
+            )
+        fitted[path] = calibration
+    return fitted
 
 
 def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:

@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 
 from wakemodel import keypoints as kp
-from wakemodel.predictors import KeypointPredictor, tta_std_scale
+from wakemodel.calibration import apply_wake_score_platt
+from wakemodel.predictors import KeypointPredictor, tta_std_scale, wake_score_platt
 
 __all__ = [
     "DEFAULT_TTA",
     "as_numpy",
+    "calibrated_visibility",
     "consensus",
     "dihedral_transforms",
     "predict_batch",
@@ -177,7 +179,9 @@ def predict_batch(
     square of the views' own std and the views' root-mean-square deviation from
     the consensus, per coordinate, times the model's 8-view calibration
     factor (:func:`wakemodel.predictors.tta_std_scale`, fitted by ``train`` on
-    the validation split; 1.0 for a model without one). numpy only.
+    the validation split; 1.0 for a model without one). With or without the
+    views, the wake score is then Platt-scaled (:func:`calibrated_visibility`).
+    numpy only.
 
     Args:
         predictor: The model backend.
@@ -190,11 +194,34 @@ def predict_batch(
         y ``[B, 3, 2]`` (normalised; NaN when the backend gives none).
     """
     if not tta:
-        return run_predictor(predictor, images)
-    keypoints, visibility, keypoint_std = predict_views(predictor, images)
-    agreed = consensus(keypoints)
-    spread_variance = np.mean(np.square(keypoint_std), axis=0) + np.mean(
-        np.square(keypoints - agreed), axis=0
+        keypoints, visibility, keypoint_std = run_predictor(predictor, images)
+        return keypoints, calibrated_visibility(predictor, visibility), keypoint_std
+    view_keypoints, view_visibility, view_std = predict_views(predictor, images)
+    agreed = consensus(view_keypoints)
+    spread_variance = np.mean(np.square(view_std), axis=0) + np.mean(
+        np.square(view_keypoints - agreed), axis=0
     )
     combined_std = np.sqrt(spread_variance) * tta_std_scale(predictor)
-    return agreed, np.mean(visibility, axis=0), combined_std
+    return agreed, calibrated_visibility(predictor, np.mean(view_visibility, axis=0)), combined_std
+
+
+def calibrated_visibility(predictor: KeypointPredictor, visibility: np.ndarray) -> np.ndarray:
+    """Visibility probabilities ``[..., 3]`` with the wake score (slot 0) Platt-scaled.
+
+    Uses the model's :func:`wakemodel.predictors.wake_score_platt`; without one
+    (or for the end slots) the probabilities are returned as they are.
+
+    Args:
+        predictor: The model backend.
+        visibility: Probabilities ``[..., 3]`` in [0, 1].
+
+    Returns:
+        A new array of the same shape.
+    """
+    platt = wake_score_platt(predictor)
+    calibrated = np.array(visibility)
+    if platt is not None:
+        calibrated[..., kp.VERTEX_SLOT] = apply_wake_score_platt(
+            calibrated[..., kp.VERTEX_SLOT], platt
+        )
+    return calibrated
