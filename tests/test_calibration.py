@@ -24,6 +24,7 @@ from wakemodel.calibration import (
     heading_calibration,
     interval_z,
     invert_wake_score_platt,
+    meets_target,
     observed_coverage,
     wake_detection,
 )
@@ -305,6 +306,28 @@ def test_format_calibration_shows_targets_and_na() -> None:
     assert "n/a" in lines[5]
     assert "nan" not in text.lower()
     assert "nan" not in format_calibration({}).lower()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "met"),
+    [
+        ("interval_coverage", 0.85, True),
+        ("interval_coverage", 0.95, True),
+        ("interval_coverage", 0.951, False),
+        ("interval_coverage", 0.849, False),
+        ("confident_p90_ratio", 0.5, False),
+        ("confident_p90_ratio", 0.49, True),
+        ("spearman", 0.5, False),
+        ("wake_recall", 0.95, True),
+        ("negative_rejection", 0.899, False),
+        ("spearman", math.nan, None),
+        ("roc_auc", 0.99, None),
+    ],
+)
+def test_meets_target_checks_the_issue_targets_at_their_bounds(
+    key: str, value: float, met: bool | None
+) -> None:
+    assert meets_target(key, value) is met
 
 
 def _png_size(path: Path) -> tuple[int, int]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -41,6 +41,7 @@ from numpy.typing import ArrayLike
 from wakemodel.errors import InputError
 
 __all__ = [
+    "CALIBRATION_TARGETS",
     "DEFAULT_MIN_WAKE_SCORE",
     "INTERVAL_Z90",
     "WakeScorePlatt",
@@ -52,6 +53,7 @@ __all__ = [
     "heading_calibration",
     "interval_z",
     "invert_wake_score_platt",
+    "meets_target",
     "observed_coverage",
     "wake_detection",
 ]
@@ -75,6 +77,15 @@ _MIN_PLATT_CHIPS = 5
 
 _SCORE_EPS = 1e-6
 """Scores are clipped to [eps, 1 - eps] before their logit is taken."""
+
+CALIBRATION_TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "spearman": ("> 0.5", lambda value: value > 0.5),
+    "confident_p90_ratio": ("< 0.5", lambda value: value < 0.5),
+    "interval_coverage": ("85–95%", lambda value: 0.85 <= value <= 0.95),
+    "wake_recall": (">= 95%", lambda value: value >= 0.95),
+    "negative_rejection": (">= 90%", lambda value: value >= 0.9),
+}
+"""Issue #12's targets: :func:`calibration_summary` key -> (the target as text, its test)."""
 
 WakeScorePlatt = tuple[float, float]
 """Platt scaling of the wake score: ``(slope, intercept)`` on the logit scale."""
@@ -463,11 +474,22 @@ def _number(value: float, spec: str = ".2f", unit: str = "") -> str:
     return "n/a" if not math.isfinite(value) else f"{value:{spec}}{unit}"
 
 
-def _verdict(value: float, met: bool) -> str:
-    """`` [met]``/`` [not met]`` beside a figure, nothing when it is NaN."""
-    if not math.isfinite(value):
-        return ""
-    return " [met]" if met else " [not met]"
+def meets_target(key: str, value: float) -> bool | None:
+    """Whether ``value`` of :func:`calibration_summary` key ``key`` meets its target.
+
+    Returns:
+        None when ``value`` is NaN or ``key`` has no target in :data:`CALIBRATION_TARGETS`.
+    """
+    if key not in CALIBRATION_TARGETS or not math.isfinite(value):
+        return None
+    return bool(CALIBRATION_TARGETS[key][1](value))
+
+
+def _verdict(key: str, value: float) -> str:
+    """`` (target ...) [met]``/``[not met]`` beside a figure; no verdict when it is NaN."""
+    met = meets_target(key, value)
+    verdict = "" if met is None else (" [met]" if met else " [not met]")
+    return f" (target {CALIBRATION_TARGETS[key][0]}){verdict}"
 
 
 def format_calibration(summary: Mapping[str, float]) -> str:
@@ -495,21 +517,20 @@ def format_calibration(summary: Mapping[str, float]) -> str:
     threshold_text = _number(threshold, ".2f")
     return "\n".join(
         [
-            f"heading std vs error, Spearman: {_number(spearman, '.3f')} (target > 0.5)"
-            f"{_verdict(spearman, spearman > 0.5)}; {count_text} chips with a wake",
+            f"heading std vs error, Spearman: {_number(spearman, '.3f')}"
+            f"{_verdict('spearman', spearman)}; {count_text} chips with a wake",
             f"p90 heading error, 80% most confident: "
             f"{_number(get('p90_error_confident_deg'), '.1f', '°')} vs all "
-            f"{_number(get('p90_error_deg'), '.1f', '°')}, ratio {_number(ratio, '.3f')} "
-            f"(target < 0.5){_verdict(ratio, ratio < 0.5)}",
-            f"90% interval coverage (heading ± 1.645·std): {_percent(coverage)} "
-            f"(target 85–95%){_verdict(coverage, 0.85 <= coverage <= 0.95)}; "
+            f"{_number(get('p90_error_deg'), '.1f', '°')}, ratio {_number(ratio, '.3f')}"
+            f"{_verdict('confident_p90_ratio', ratio)}",
+            f"90% interval coverage (heading ± 1.645·std): {_percent(coverage)}"
+            f"{_verdict('interval_coverage', coverage)}; "
             f"median std {_number(get('median_std_deg'), '.1f', '°')}",
             f"wake recall at score >= {threshold_text}: {_percent(recall)} of "
-            f"{_number(get('positives'), '.0f')} wakes (target >= 95%)"
-            f"{_verdict(recall, recall >= 0.95)}",
+            f"{_number(get('positives'), '.0f')} wakes{_verdict('wake_recall', recall)}",
             f"negative rejection at score < {threshold_text}: {_percent(rejection)} of "
-            f"{_number(get('negatives'), '.0f')} negatives (target >= 90%)"
-            f"{_verdict(rejection, rejection >= 0.9)}",
+            f"{_number(get('negatives'), '.0f')} negatives"
+            f"{_verdict('negative_rejection', rejection)}",
             f"wake score ROC AUC: {_number(get('roc_auc'), '.3f')}",
         ]
     )
