@@ -477,6 +477,10 @@ def _number(value: float, spec: str = ".2f", unit: str = "") -> str:
 def meets_target(key: str, value: float) -> bool | None:
     """Whether ``value`` of :func:`calibration_summary` key ``key`` meets its target.
 
+    Args:
+        key: A key of the summary, e.g. ``"interval_coverage"``.
+        value: Its value (a share in [0, 1] for coverage, recall and rejection).
+
     Returns:
         None when ``value`` is NaN or ``key`` has no target in :data:`CALIBRATION_TARGETS`.
     """
