@@ -273,6 +273,30 @@ def fit_std_scale(
     return scale if math.isfinite(scale) and scale > 0.0 else 1.0
 
 
+def _scored_chips(
+    wake_score: ArrayLike, has_wake: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The chips with a finite score: float64 scores ``[M]``, bool has-wake ``[M]``, counts.
+
+    Returns:
+        ``(score, positive, positives, negatives)``.
+
+    Raises:
+        InputError: The two arrays differ in size.
+    """
+    score = np.asarray(wake_score, dtype=np.float64).ravel()
+    positive = np.asarray(has_wake).ravel().astype(bool)
+    if score.shape != positive.shape:
+        raise InputError(
+            f"wake_score ({score.size} values) and has_wake ({positive.size} values) "
+            "must have one value per chip."
+        )
+    keep = np.isfinite(score)
+    score, positive = score[keep], positive[keep]
+    positives = int(np.count_nonzero(positive))
+    return score, positive, positives, positive.size - positives
+
+
 def _logit(score: ArrayLike) -> np.ndarray:
     """Log-odds of probabilities (float ``[...]``), clipped to ``[eps, 1 - eps]`` first."""
     clipped = np.clip(np.asarray(score, dtype=np.float64), _SCORE_EPS, 1.0 - _SCORE_EPS)
@@ -307,17 +331,8 @@ def fit_wake_score_platt(wake_score: ArrayLike, has_wake: ArrayLike) -> WakeScor
     """
     from scipy import optimize
 
-    score = np.asarray(wake_score, dtype=np.float64).ravel()
-    positive = np.asarray(has_wake).ravel().astype(bool)
-    if score.shape != positive.shape:
-        raise InputError(
-            f"wake_score ({score.size} values) and has_wake ({positive.size} values) "
-            "must have one value per chip."
-        )
-    keep = np.isfinite(score)
-    logit, positive = _logit(score[keep]), positive[keep]
-    positives = int(np.count_nonzero(positive))
-    negatives = positive.size - positives
+    score, positive, positives, negatives = _scored_chips(wake_score, has_wake)
+    logit = _logit(score)
     if min(positives, negatives) < _MIN_PLATT_CHIPS:
         return None
     target = np.where(positive, (positives + 1.0) / (positives + 2.0), 1.0 / (negatives + 2.0))
@@ -396,17 +411,7 @@ def wake_detection(
     """
     from scipy import stats
 
-    score = np.asarray(wake_score, dtype=np.float64).ravel()
-    positive = np.asarray(has_wake).ravel().astype(bool)
-    if score.shape != positive.shape:
-        raise InputError(
-            f"wake_score ({score.size} values) and has_wake ({positive.size} values) "
-            "must have one value per chip."
-        )
-    keep = np.isfinite(score)
-    score, positive = score[keep], positive[keep]
-    positives = int(np.count_nonzero(positive))
-    negatives = positive.size - positives
+    score, positive, positives, negatives = _scored_chips(wake_score, has_wake)
     recall = float(np.mean(score[positive] >= threshold)) if positives else math.nan
     rejection = float(np.mean(score[~positive] < threshold)) if negatives else math.nan
     if positives and negatives:
