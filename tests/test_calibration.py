@@ -362,6 +362,42 @@ def test_plot_calibration_without_heading_data(tmp_path: Path) -> None:
         plot_calibration([1.0], [1.0, 2.0], [0.5], [True], tmp_path / "bad.png")
 
 
+def test_checkpoints_with_the_same_weights_are_calibrated_once(
+    tiny_checkpoint: Path, synthetic_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The best and last checkpoint of one epoch share one fit; other weights get their own."""
+    import shutil
+
+    import torch
+
+    from wakemodel import train
+    from wakemodel.predictors import TTA_STD_SCALE_KEY
+    from wakemodel.records import scan_dataset
+
+    records = scan_dataset(synthetic_dir)
+    best = Path(shutil.copy(tiny_checkpoint, tmp_path / "best.ckpt"))
+    last = Path(shutil.copy(tiny_checkpoint, tmp_path / "last.ckpt"))
+    other = tmp_path / "other.ckpt"
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    name = next(key for key, value in checkpoint["state_dict"].items() if value.is_floating_point())
+    checkpoint["state_dict"][name] = checkpoint["state_dict"][name] + 1.0
+    torch.save(checkpoint, other)
+    fitted_paths: list[Path] = []
+    real_fit = train.fit_tta_calibration
+
+    def counting_fit(path: Path, *args: object, **kwargs: object) -> object:
+        fitted_paths.append(Path(path))
+        return real_fit(path, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit_tta_calibration", counting_fit)
+    fitted = train.calibrate_tta([best, last, other], records, "cpu")
+    assert fitted_paths == [best, other]
+    assert fitted[last] == fitted[best]
+    for path in (best, last, other):
+        stored = torch.load(path, weights_only=True)[TTA_STD_SCALE_KEY]
+        assert stored == pytest.approx(fitted[path].std_scale)
+
+
 def test_8_view_calibration_is_stored_read_and_applied(
     tiny_checkpoint: Path, synthetic_dir: Path, tmp_path: Path
 ) -> None:

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import logging
 import math
 import netrc
 import os
 import pickle
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -736,9 +737,13 @@ def calibrate_tta(
         Checkpoint -> fitted calibration.
     """
     fitted: dict[Path, TtaCalibration] = {}
+    by_weights: dict[str, TtaCalibration] = {}
     for path in dict.fromkeys(Path(checkpoint) for checkpoint in checkpoints):
-        calibration = fit_tta_calibration(path, records, accelerator=accelerator)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        digest = _weights_digest(checkpoint["state_dict"])
+        if digest not in by_weights:
+            by_weights[digest] = fit_tta_calibration(path, records, accelerator=accelerator)
+        calibration = by_weights[digest]
         checkpoint[TTA_STD_SCALE_KEY] = calibration.std_scale
         checkpoint.pop(WAKE_SCORE_PLATT_KEY, None)
         if calibration.wake_score_platt is not None:
@@ -757,6 +762,19 @@ def calibrate_tta(
             )
         fitted[path] = calibration
     return fitted
+
+
+def _weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-1 of a state dict's names and tensor bytes: equal for equal weights.
+
+    The best and the last checkpoint of a run are often the same epoch;
+    :func:`calibrate_tta` then fits them once.
+    """
+    digest = hashlib.sha1(usedforsecurity=False)
+    for name, tensor in state_dict.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _train(config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
